@@ -1,0 +1,71 @@
+"""The tiny default: a small Transformer on the built-in number task; no download, minutes on a CPU.
+
+`python train.py` uses this file. Every config in `configs/` has the same keys; a recipe changes
+only the values. Override any key from the command line: `--config.model.d_model=256`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # --- Data (transformer/data) ---
+  config.dataset = "numbers"        # "numbers" (built-in) | "tfds" | "text" (local files)
+  config.tfds_name = ""             # for "tfds", e.g. "wmt14_translate/de-en"
+  config.tfds_data_dir = ""         # where tfds keeps prepared datasets ("" = tfds default)
+  config.data_dir = ""              # for "text": a directory of {split}.{lang} files or {split}.tsv
+  config.source_lang = "de"
+  config.target_lang = "en"
+  config.train_split = "train"
+  config.eval_split = "validation"
+  config.test_split = "test"
+  config.vocab_size = 512           # SentencePiece vocabulary shared by source and target
+  config.tokenizer_model = "unigram"  # SentencePiece model type: "unigram" | "bpe"
+  config.tokenizer_sample_sentences = 200_000  # sentences sampled to train the tokenizer
+  config.max_length = 64            # longest source or target in tokens (EOS included)
+  config.overlong = "drop"          # what to do with longer pairs: "drop" | "truncate"
+  config.batching = "packed"        # "padded" | "tokens" (token budget, length buckets) | "packed"
+  config.batch_size = 64            # rows per global batch for "padded" and "packed"
+  config.tokens_per_batch = 4096    # global source-token budget per batch for "tokens"
+  config.eval_batch_size = 256      # rows per batch when evaluating and decoding
+  config.shuffle_buffer = 0         # 0 = a full random permutation per epoch
+  config.prefetch = 4               # batches prepared ahead in background threads
+  config.numbers = ml_collections.ConfigDict(dict(
+      max_number=999_999, num_train=100_000, num_validation=1_000, num_test=1_000))
+
+  # --- Model (transformer/config.py TransformerConfig; vocab_size comes from the tokenizer) ---
+  config.model = ml_collections.ConfigDict(dict(
+      d_model=128, d_ff=512, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+      dropout_rate=0.1, attention_dropout_rate=0.0, share_embeddings=True,
+      positional_encoding="sinusoidal", norm_order="post", attention_impl="einsum",
+      dtype="float32", param_dtype="float32"))
+
+  # --- Optimization (§5.3, §5.4) ---
+  config.schedule = "paper"         # "paper" (warmup then rsqrt) | "cosine" | "constant"
+  config.learning_rate = 1.0        # multiplies the paper's d_model^-0.5 schedule; peak for others
+  config.warmup_steps = 400
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.98
+  config.adam_eps = 1e-9
+  config.weight_decay = 0.0
+  config.grad_clip_norm = 0.0       # 0 = no clipping
+  config.grad_accum_steps = 1       # batches summed into one update
+  config.label_smoothing = 0.1
+
+  # --- The run ---
+  config.seed = 0
+  config.num_train_steps = 3000
+  config.log_every_steps = 50
+  config.eval_every_steps = 500
+  config.num_eval_batches = 4       # validation batches per evaluation (0 = the whole split)
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.parallelism = "data"       # "data" | "fsdp"
+
+  # --- Decoding (§6.1) ---
+  config.beam_size = 4
+  config.length_penalty = 0.6
+  config.max_decode_extra = 50      # maximum output length = input length + this
+  config.num_samples_to_print = 5
+  return config

@@ -1,0 +1,146 @@
+"""Model configuration: one frozen dataclass, the paper's presets, and the special token ids.
+
+`TransformerConfig` is passed whole to every module. Training, evaluation and decoding use
+`.replace(...)` copies of one config (`deterministic=True`, `decode=True`), so one set of
+modules serves all three (the habit of Flax's WMT example).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+# Special token ids, the one place they are defined. The tokenizer (SentencePiece) is trained
+# with exactly these ids, the model masks `PAD_ID`, and decoding starts from `BOS_ID` and stops
+# at `EOS_ID`. Sequences in a batch carry no BOS: the decoder shifts targets right itself.
+PAD_ID = 0
+EOS_ID = 1
+BOS_ID = 2
+UNK_ID = 3
+
+NORM_ORDERS = ("post", "pre")
+POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
+ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyper-parameters of the encoder-decoder Transformer (§3, Table 3).
+
+  Attributes:
+    vocab_size: size of the (shared) vocabulary.
+    d_model: width of every sub-layer output and of the embeddings (§3.1).
+    d_ff: inner width of the position-wise feed-forward network (§3.3).
+    num_heads: attention heads h; d_k = d_v = d_model / h (§3.2.2).
+    num_encoder_layers, num_decoder_layers: N in the paper (6 each).
+    dropout_rate: P_drop, applied to each sub-layer output and to the sums of embeddings and
+      positional encodings (§5.4).
+    attention_dropout_rate: dropout on the attention weights (not in the paper; 0 by default).
+    share_embeddings: one matrix for source embedding, target embedding and pre-softmax
+      projection (§3.4, the paper's EN-DE setup with a shared vocabulary).
+    max_len: the longest sequence the model accepts (and the size of the positional table).
+    positional_encoding: "sinusoidal" (§3.5, the paper's) or "learned".
+    norm_order: "post" (`LayerNorm(x + Dropout(Sublayer(x)))`, the paper's) or "pre".
+    attention_impl: "einsum" (a plain reference) or "dot_product" (`jax.nn.dot_product_attention`,
+      cuDNN's fused kernel on GPU).
+    dtype: computation dtype name ("float32", "bfloat16"); parameters stay in `param_dtype`.
+    param_dtype: parameter dtype name.
+    layer_norm_epsilon: epsilon of every LayerNorm.
+    deterministic: disable dropout (evaluation and decoding).
+    decode: autoregressive mode: the decoder takes one token per call and keeps a cache.
+  """
+
+  vocab_size: int = 32000
+  d_model: int = 512
+  d_ff: int = 2048
+  num_heads: int = 8
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  share_embeddings: bool = True
+  max_len: int = 256
+  positional_encoding: str = "sinusoidal"
+  norm_order: str = "post"
+  attention_impl: str = "einsum"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  layer_norm_epsilon: float = 1e-6
+  deterministic: bool = False
+  decode: bool = False
+
+  def __post_init__(self):
+    self.validate()
+
+  def replace(self, **changes: Any) -> "TransformerConfig":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def params_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  def validate(self) -> None:
+    """Raises ValueError naming the field, its value and what is allowed."""
+    for name in ("vocab_size", "d_model", "d_ff", "num_heads", "max_len"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"TransformerConfig.{name}={value!r} must be a positive integer.")
+    for name in ("num_encoder_layers", "num_decoder_layers"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"TransformerConfig.{name}={value!r} must be a non-negative integer.")
+    if self.d_model % self.num_heads:
+      raise ValueError(
+          f"TransformerConfig.d_model={self.d_model} is not divisible by "
+          f"num_heads={self.num_heads}; choose num_heads among the divisors of d_model.")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      value = getattr(self, name)
+      if not 0.0 <= value < 1.0:
+        raise ValueError(f"TransformerConfig.{name}={value!r} must be in [0, 1).")
+    choices = {
+        "norm_order": NORM_ORDERS,
+        "positional_encoding": POSITIONAL_ENCODINGS,
+        "attention_impl": ATTENTION_IMPLEMENTATIONS,
+        "dtype": tuple(DTYPES),
+        "param_dtype": tuple(DTYPES),
+    }
+    for name, allowed in choices.items():
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(
+            f"TransformerConfig.{name}={value!r} is unknown; allowed: {', '.join(allowed)}.")
+
+
+def base(**overrides: Any) -> TransformerConfig:
+  """The paper's base model (Table 3): N=6, d_model=512, d_ff=2048, h=8, P_drop=0.1."""
+  kwargs = dict(vocab_size=37000, d_model=512, d_ff=2048, num_heads=8,
+                num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.1)
+  return TransformerConfig(**{**kwargs, **overrides})
+
+
+def big(**overrides: Any) -> TransformerConfig:
+  """The paper's big model (Table 3): N=6, d_model=1024, d_ff=4096, h=16, P_drop=0.3."""
+  kwargs = dict(vocab_size=37000, d_model=1024, d_ff=4096, num_heads=16,
+                num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.3)
+  return TransformerConfig(**{**kwargs, **overrides})
+
+
+def tiny(**overrides: Any) -> TransformerConfig:
+  """A small model that trains on a laptop CPU in minutes (tests, the built-in task)."""
+  kwargs = dict(vocab_size=512, d_model=128, d_ff=512, num_heads=4,
+                num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.1, max_len=64)
+  return TransformerConfig(**{**kwargs, **overrides})
+
+
+PRESETS = {"base": base, "big": big, "tiny": tiny}
