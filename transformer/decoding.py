@@ -1,0 +1,230 @@
+"""Greedy and beam search over a `tokens -> logits` function (§6.1).
+
+Both searches know nothing of the Transformer. They take
+
+    tokens_to_logits(tokens, cache) -> (logits, new_cache)
+
+where `tokens` is int32 [N, 1] (the previous token; `BOS_ID` at the first step), `logits` is
+[N, vocab] for the next token, and `cache` is any pytree whose leaves have N as leading axis,
+except 0-d leaves (step counters), which are passed through untouched. Beam search expands a
+batch-B cache to B * beam rows itself and reorders the rows as beams are chosen.
+
+Both run inside one `lax.while_loop` (no Python loop per step) and are jit-compatible with
+`tokens_to_logits` closed over:
+
+    decode = jax.jit(lambda cache: beam_search(fn, cache, batch_size=B, max_decode_len=L))
+
+Output conventions: sequences carry no BOS, end with EOS and are PAD (0) after it. A
+hypothesis is forced to end with EOS at its length limit, min(max_lengths[b], max_decode_len),
+so every returned sequence contains EOS (the paper's limit is input length + 50, §6.1).
+
+Scores (beam search): `sum(log p(y_t | y_<t)) / lp(|y|)`, the log-probability of the whole
+sequence EOS included, divided by GNMT's length penalty lp(n) = ((5 + n) / 6) ** alpha with n the
+number of tokens EOS included (Wu et al., 2016). alpha=0 ranks by log-probability; the paper uses
+beam 4, alpha 0.6. A forced EOS costs its model log-probability (the other tokens are masked after
+the softmax, not renormalised), so the score is the model's probability of what was emitted.
+
+The beam search follows the design of Flax's examples/wmt decode.py (2 * beam candidates per
+step, separate alive and finished sets, the length-penalty bound for stopping early).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from transformer.config import BOS_ID, EOS_ID, PAD_ID
+
+Cache = Any
+TokensToLogits = Callable[[jax.Array, Cache], tuple[jax.Array, Cache]]
+
+NEG_INF = -jnp.inf
+
+
+def length_penalty(length, alpha: float):
+  """GNMT's length penalty ((5 + length) / 6) ** alpha; `length` counts EOS."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def _check_args(cache, batch_size, max_decode_len, beam_size=1):
+  for name, value in (("batch_size", batch_size), ("max_decode_len", max_decode_len),
+                      ("beam_size", beam_size)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"{name}={value!r} must be a positive integer.")
+  for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
+    if jnp.ndim(leaf) and jnp.shape(leaf)[0] != batch_size:
+      raise ValueError(
+          f"cache leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; every non-scalar "
+          f"leaf needs the batch ({batch_size}) as its leading axis.")
+
+
+def _limits(max_lengths, batch_size, max_decode_len):
+  """Per-example output limit in tokens, EOS included: int32 [batch], in [1, max_decode_len]."""
+  if max_lengths is None:
+    return jnp.full((batch_size,), max_decode_len, jnp.int32)
+  max_lengths = jnp.asarray(max_lengths, jnp.int32)
+  if max_lengths.shape != (batch_size,):
+    raise ValueError(f"max_lengths has shape {max_lengths.shape}; expected ({batch_size},).")
+  return jnp.clip(max_lengths, 1, max_decode_len)
+
+
+def _next_log_probs(logits, force_eos, eos_id):
+  """log_softmax in float32; rows with `force_eos` keep only EOS's log-prob."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  is_eos = jnp.arange(log_probs.shape[-1]) == eos_id
+  return jnp.where(force_eos[..., None] & ~is_eos, NEG_INF, log_probs)
+
+
+def _greedy(tokens_to_logits, cache, batch_size, max_decode_len, max_lengths, eos_id, bos_id):
+  """Greedy search; returns (sequences [B, L], log-prob sums [B], lengths [B])."""
+  _check_args(cache, batch_size, max_decode_len)
+  limits = _limits(max_lengths, batch_size, max_decode_len)
+
+  def cond(state):
+    step, _, _, done, *_ = state
+    return (step < max_decode_len) & ~jnp.all(done)
+
+  def body(state):
+    step, seqs, last, done, log_prob, length, cache = state
+    logits, cache = tokens_to_logits(last[:, None], cache)
+    log_probs = _next_log_probs(logits, step + 1 >= limits, eos_id)  # [B, vocab]
+    token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+    log_prob += jnp.where(done, 0.0, jnp.take_along_axis(log_probs, token[:, None], -1)[:, 0])
+    length += ~done
+    token = jnp.where(done, PAD_ID, token)
+    seqs = seqs.at[:, step].set(token)
+    return step + 1, seqs, token, done | (token == eos_id), log_prob, length, cache
+
+  state = (jnp.int32(0), jnp.zeros((batch_size, max_decode_len), jnp.int32),
+           jnp.full((batch_size,), bos_id, jnp.int32), jnp.zeros((batch_size,), bool),
+           jnp.zeros((batch_size,), jnp.float32), jnp.zeros((batch_size,), jnp.int32), cache)
+  _, seqs, _, _, log_prob, length, _ = lax.while_loop(cond, body, state)
+  return seqs, log_prob, length
+
+
+def greedy_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int,
+                  max_decode_len: int, max_lengths=None, eos_id: int = EOS_ID,
+                  bos_id: int = BOS_ID) -> jax.Array:
+  """Greedy decoding: the most probable next token at every step.
+
+  Args:
+    tokens_to_logits: (tokens int32 [B, 1], cache) -> (logits [B, vocab], new cache).
+    cache: the initial cache, batch B on every non-scalar leaf.
+    batch_size: B.
+    max_decode_len: length of the output; a sequence reaching it ends with a forced EOS.
+    max_lengths: optional int32 [B], a per-example limit (tokens, EOS included).
+    eos_id, bos_id: the end token, and the token fed at the first step.
+
+  Returns:
+    int32 [B, max_decode_len]: the tokens, EOS included, PAD after it, no BOS.
+  """
+  seqs, _, _ = _greedy(tokens_to_logits, cache, batch_size, max_decode_len, max_lengths,
+                       eos_id, bos_id)
+  return seqs
+
+
+def _repeat_rows(tree, times):
+  """[B, ...] -> [B * times, ...] (each row repeated `times` times); 0-d leaves unchanged."""
+  return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0) if jnp.ndim(x) else x, tree)
+
+
+def _take_rows(tree, rows):
+  """Gathers rows (int [N]) along the leading axis; 0-d leaves unchanged."""
+  return jax.tree.map(lambda x: x[rows] if jnp.ndim(x) else x, tree)
+
+
+def _top(k, scores, *arrays):
+  """The k best entries along axis 1 of `scores` [B, M], best first, and of each array."""
+  scores, index = lax.top_k(scores, k)
+  return (scores,) + tuple(jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 2)),
+                                               axis=1) for a in arrays)
+
+
+def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int,
+                beam_size: int = 4, alpha: float = 0.6, max_decode_len: int, max_lengths=None,
+                eos_id: int = EOS_ID, bos_id: int = BOS_ID) -> tuple[jax.Array, jax.Array]:
+  """Beam search with GNMT's length penalty (§6.1: beam 4, alpha 0.6).
+
+  Each step extends the `beam_size` alive hypotheses by every token, keeps the 2 * beam_size
+  most probable extensions (so that beam_size of them survive even if the rest end), moves those
+  ending in EOS to the finished set (scored by log-prob / length penalty) and the best
+  beam_size others to the alive set. The search stops at max_decode_len, or earlier once, for
+  every example, no alive hypothesis can beat the worst of beam_size finished ones: an alive
+  log-prob only falls, so its best final score is log-prob / max lp(n) over its reachable
+  lengths n.
+
+  beam_size=1 is greedy search (a width-1 beam could otherwise keep a second hypothesis alive
+  after the most probable one has ended).
+
+  Args:
+    tokens_to_logits: (tokens int32 [B * beam, 1], cache) -> (logits [B * beam, vocab], cache).
+    cache: the initial cache with batch B (not B * beam): it is expanded here.
+    batch_size: B.
+    beam_size: hypotheses kept per example.
+    alpha: length-penalty exponent; 0 ranks by log-probability alone.
+    max_decode_len: length of the output; a hypothesis reaching it ends with a forced EOS.
+    max_lengths: optional int32 [B], a per-example limit (tokens, EOS included).
+    eos_id, bos_id: the end token, and the token fed at the first step.
+
+  Returns:
+    sequences int32 [B, beam, max_decode_len] (no BOS, EOS included, PAD after) and scores
+    float32 [B, beam] = log p(sequence) / ((5 + length) / 6) ** alpha, best first. Slots the
+    search could not fill (fewer possible sequences than beams) are all PAD with score -inf.
+  """
+  _check_args(cache, batch_size, max_decode_len, beam_size)
+  if beam_size == 1:
+    seqs, log_prob, lengths = _greedy(tokens_to_logits, cache, batch_size, max_decode_len,
+                                      max_lengths, eos_id, bos_id)
+    return seqs[:, None], (log_prob / length_penalty(lengths, alpha))[:, None]
+
+  B, K, L = batch_size, beam_size, max_decode_len
+  limits = _limits(max_lengths, B, L)
+
+  def cond(state):
+    step, _, alive_lp, _, finished_scores, _ = state
+    # The best score an alive hypothesis can still reach; lp is monotonic in the length, so its
+    # maximum over the reachable lengths [step + 1, limit] is at one of the ends.
+    max_lp = jnp.maximum(length_penalty(step + 1, alpha), length_penalty(limits, alpha))
+    best_alive = alive_lp[:, 0] / max_lp  # [B]
+    worst_finished = finished_scores[:, -1]  # -inf while fewer than K have finished
+    done = (worst_finished >= best_alive) | (alive_lp[:, 0] == NEG_INF)
+    return (step < L) & ~jnp.all(done)
+
+  def body(state):
+    step, alive_seqs, alive_lp, finished_seqs, finished_scores, cache = state
+    last = jnp.where(step == 0, bos_id, alive_seqs[:, :, jnp.maximum(step - 1, 0)])  # [B, K]
+    logits, cache = tokens_to_logits(last.reshape(B * K, 1), cache)
+    force_eos = jnp.broadcast_to((step + 1 >= limits)[:, None], (B, K))
+    log_probs = _next_log_probs(logits.reshape(B, K, -1), force_eos, eos_id)  # [B, K, vocab]
+    vocab = log_probs.shape[-1]
+    candidates = (alive_lp[:, :, None] + log_probs).reshape(B, K * vocab)
+
+    # The 2K best extensions: [B, 2K] log-probs, parent beams, tokens, sequences.
+    top_lp, top_index = lax.top_k(candidates, min(2 * K, K * vocab))
+    parent, token = top_index // vocab, top_index % vocab
+    top_seqs = jnp.take_along_axis(alive_seqs, parent[:, :, None], axis=1)
+    top_seqs = lax.dynamic_update_index_in_dim(top_seqs, token, step, axis=2)
+    ended = token == eos_id
+
+    # Alive: the K best that did not end; the cache rows follow their parents.
+    alive_lp, alive_seqs, parent = _top(K, jnp.where(ended, NEG_INF, top_lp), top_seqs, parent)
+    cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent).reshape(B * K))
+
+    # Finished: the K best of the old finished and the ones that ended now.
+    new_scores = jnp.where(ended, top_lp / length_penalty(step + 1, alpha), NEG_INF)
+    finished_scores, finished_seqs = _top(
+        K, jnp.concatenate([finished_scores, new_scores], axis=1),
+        jnp.concatenate([finished_seqs, top_seqs], axis=1))
+    return step + 1, alive_seqs, alive_lp, finished_seqs, finished_scores, cache
+
+  # Only beam 0 is alive at first, so the first step does not pick K copies of one token.
+  alive_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (K - 1), jnp.float32), (B, 1))
+  state = (jnp.int32(0), jnp.zeros((B, K, L), jnp.int32), alive_lp,
+           jnp.zeros((B, K, L), jnp.int32), jnp.full((B, K), NEG_INF, jnp.float32),
+           _repeat_rows(cache, K))
+  _, _, _, finished_seqs, finished_scores, _ = lax.while_loop(cond, body, state)
+  finished_seqs = jnp.where(finished_scores[:, :, None] == NEG_INF, PAD_ID, finished_seqs)
+  return finished_seqs, finished_scores
