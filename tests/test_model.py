@@ -1,0 +1,162 @@
+"""§3.1 the full model: shapes, masking properties, packing, cached decoding, dtypes, sizes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import config as C
+from transformer.model import (Transformer, count_params, decode_step, init_decode_cache,
+                               init_params, shift_right)
+
+CFG = C.tiny(vocab_size=50, d_model=32, d_ff=64, num_heads=4, max_len=24, dropout_rate=0.1)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return init_params(CFG, jax.random.key(0))
+
+
+def _tokens(seed, shape, pad_from=None):
+  tokens = np.random.default_rng(seed).integers(4, CFG.vocab_size, shape).astype(np.int32)
+  if pad_from is not None:
+    tokens[:, pad_from:] = C.PAD_ID
+  return jnp.asarray(tokens)
+
+
+def _logits(params, inputs, targets, cfg=CFG, **kwargs):
+  return Transformer(cfg.replace(deterministic=True)).apply({"params": params}, inputs, targets,
+                                                            **kwargs)
+
+
+def test_shapes_and_training_mode_dropout(params):
+  inputs, targets = _tokens(0, (3, 9)), _tokens(1, (3, 7))
+  logits = _logits(params, inputs, targets)
+  assert logits.shape == (3, 7, CFG.vocab_size) and logits.dtype == jnp.float32
+  train = Transformer(CFG).apply({"params": params}, inputs, targets,
+                                 rngs={"dropout": jax.random.key(1)})
+  assert not np.allclose(train, logits)  # Dropout is active in training mode.
+  encoded = Transformer(CFG.replace(deterministic=True)).apply(
+      {"params": params}, inputs, method=Transformer.encode)
+  assert encoded.shape == (3, 9, CFG.d_model)
+
+
+def test_shift_right_puts_bos_first_in_every_segment():
+  targets = jnp.array([[5, 6, 1, 7, 1, 0]])
+  segments = jnp.array([[1, 1, 1, 2, 2, 0]])
+  assert shift_right(targets).tolist() == [[2, 5, 6, 1, 7, 1]]
+  assert shift_right(targets, segments).tolist() == [[2, 5, 6, 2, 7, 2]]
+
+
+def test_causal_mask_leaks_nothing(params):
+  inputs, targets = _tokens(0, (2, 8)), _tokens(1, (2, 8))
+  changed = targets.at[:, 5:].set(_tokens(2, (2, 3)))
+  a, b = _logits(params, inputs, targets), _logits(params, inputs, changed)
+  # The decoder sees targets shifted right: position i depends on targets[:i] only.
+  np.testing.assert_allclose(a[:, :6], b[:, :6], atol=1e-6)
+  assert not np.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_extra_source_padding_changes_nothing(params):
+  inputs, targets = _tokens(0, (2, 6)), _tokens(1, (2, 5))
+  padded = jnp.pad(inputs, ((0, 0), (0, 7)))
+  np.testing.assert_allclose(_logits(params, inputs, targets),
+                             _logits(params, padded, targets), atol=1e-5)
+  encoded = Transformer(CFG.replace(deterministic=True)).apply(
+      {"params": params}, padded, method=Transformer.encode)
+  short = Transformer(CFG.replace(deterministic=True)).apply(
+      {"params": params}, inputs, method=Transformer.encode)
+  np.testing.assert_allclose(encoded[:, :6], short, atol=1e-5)
+
+
+def test_packed_pairs_never_see_each_other(params):
+  src_a, tgt_a = _tokens(3, (1, 4)), _tokens(4, (1, 3))
+  src_b, tgt_b = _tokens(5, (1, 6)), _tokens(6, (1, 5))
+  inputs = jnp.concatenate([src_a, src_b, jnp.zeros((1, 2), jnp.int32)], axis=1)
+  targets = jnp.concatenate([tgt_a, tgt_b, jnp.zeros((1, 1), jnp.int32)], axis=1)
+  seg = lambda n1, n2, pad: jnp.array([[1] * n1 + [2] * n2 + [0] * pad])
+  pos = lambda n1, n2, pad: jnp.array([list(range(n1)) + list(range(n2)) + [0] * pad])
+  packed = _logits(params, inputs, targets,
+                   inputs_segmentation=seg(4, 6, 2), targets_segmentation=seg(3, 5, 1),
+                   inputs_positions=pos(4, 6, 2), targets_positions=pos(3, 5, 1))
+  np.testing.assert_allclose(packed[:, :3], _logits(params, src_a, tgt_a), atol=1e-5)
+  np.testing.assert_allclose(packed[:, 3:8], _logits(params, src_b, tgt_b), atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_order", ["post", "pre"])
+def test_cached_decoding_reproduces_full_decoder(norm_order):
+  cfg = CFG.replace(norm_order=norm_order)
+  params = init_params(cfg, jax.random.key(1))
+  inputs = _tokens(7, (2, 9)).at[1, 6:].set(C.PAD_ID)
+  targets = _tokens(8, (2, 7))
+  full = _logits(params, inputs, targets, cfg=cfg)
+  cache = init_decode_cache(cfg, params, inputs, max_decode_len=7)
+  step = jax.jit(lambda c, t: decode_step(cfg, params, c, t))
+  previous = jnp.full((2, 1), C.BOS_ID, jnp.int32)
+  for i in range(7):
+    logits, cache = step(cache, previous)
+    np.testing.assert_allclose(logits, full[:, i], atol=1e-5)
+    previous = targets[:, i:i + 1]
+
+
+def test_cache_leaves_are_batch_major_except_counters(params):
+  cache = init_decode_cache(CFG, params, _tokens(0, (3, 5)), max_decode_len=6)
+  for leaf in jax.tree.leaves(cache):
+    assert leaf.ndim == 0 or leaf.shape[0] == 3
+
+
+def test_decode_step_without_cache_says_how_to_make_one(params):
+  with pytest.raises(ValueError, match="init_decode_cache"):
+    decode_step(CFG, params, {}, jnp.ones((1, 1), jnp.int32))
+
+
+@pytest.mark.parametrize("impl", ["einsum", "dot_product"])
+def test_attention_implementations_agree_in_the_model(params, impl):
+  inputs, targets = _tokens(0, (2, 8), pad_from=6), _tokens(1, (2, 6))
+  ref = _logits(params, inputs, targets)
+  got = _logits(params, inputs, targets, cfg=CFG.replace(attention_impl=impl))
+  np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_attention_weights_can_be_read_out(params):
+  inputs, targets = _tokens(0, (1, 5)), _tokens(1, (1, 4))
+  _, state = Transformer(CFG.replace(deterministic=True)).apply(
+      {"params": params}, inputs, targets, mutable=["intermediates"])
+  cross = state["intermediates"]["decoder"]["layer_0"]["cross_attention"]["attention_weights"][0]
+  assert cross.shape == (1, CFG.num_heads, 4, 5)
+  masked_self = state["intermediates"]["decoder"]["layer_1"]["self_attention"]["attention_weights"][0]
+  assert float(jnp.triu(masked_self[0, 0], k=1).max()) == 0.0
+
+
+def test_separate_embeddings_when_not_shared():
+  cfg = CFG.replace(share_embeddings=False)
+  params = init_params(cfg, jax.random.key(0))
+  assert {"source_embedding", "target_embedding", "output_embedding"} <= set(params)
+  assert count_params(params) - count_params(init_params(CFG, jax.random.key(0))) == (
+      2 * CFG.vocab_size * CFG.d_model)
+
+
+def test_bfloat16_forward_stays_close_to_float32(params):
+  inputs, targets = _tokens(0, (2, 8)), _tokens(1, (2, 6))
+  ref = _logits(params, inputs, targets)
+  bf16 = _logits(params, inputs, targets, cfg=CFG.replace(dtype="bfloat16"))
+  assert bf16.dtype == jnp.float32  # Logits come back in float32 whatever the compute dtype.
+  assert float(jnp.abs(bf16 - ref).max()) < 0.1 * float(jnp.abs(ref).max())
+  np.testing.assert_array_equal(jnp.argmax(bf16, -1)[ref.max(-1) - jnp.sort(ref, -1)[..., -2] > 0.1],
+                                jnp.argmax(ref, -1)[ref.max(-1) - jnp.sort(ref, -1)[..., -2] > 0.1])
+
+
+def test_inputs_longer_than_max_len_are_rejected(params):
+  too_long = _tokens(0, (1, CFG.max_len + 1))
+  with pytest.raises(ValueError, match=r"exceeds TransformerConfig.max_len=24"):
+    _logits(params, too_long, _tokens(1, (1, 3)))
+  with pytest.raises(ValueError, match="max_decode_len=30"):
+    init_decode_cache(CFG, params, _tokens(0, (1, 3)), max_decode_len=30)
+
+
+@pytest.mark.parametrize("preset,expected", [("base", 65e6), ("big", 213e6)])
+def test_paper_parameter_counts(preset, expected):
+  cfg = C.PRESETS[preset]()  # A shared vocabulary of 37,000 tokens, as for EN-DE.
+  dummy = jnp.ones((1, 4), jnp.int32)
+  shapes = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), dummy, dummy))
+  assert abs(count_params(shapes["params"]) / expected - 1) < 0.03

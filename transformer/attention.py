@@ -1,0 +1,153 @@
+"""§3.2 Attention: scaled dot-product attention, multi-head attention, and the masks they use.
+
+Masks are boolean arrays broadcastable to [batch, heads, query_length, key_length]; True means
+"may attend". Padding and packing are both expressed as segment ids: 0 marks padding, and a
+query attends to a key only when both belong to the same non-zero segment.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from transformer.config import TransformerConfig
+
+Array = jax.Array
+
+
+def segment_mask(query_segments: Array, key_segments: Array) -> Array:
+  """Padding and packing mask: [batch, 1, q_len, k_len], True where segments match and are real.
+
+  Unpacked rows use segment ids `tokens != PAD` (1 for tokens, 0 for padding), so this one rule
+  is both the padding mask and the mask that keeps packed pairs from seeing each other.
+  """
+  same = query_segments[:, :, None] == key_segments[:, None, :]
+  return (same & (key_segments[:, None, :] != 0))[:, None, :, :]
+
+
+def causal_mask(length: int) -> Array:
+  """§3.2.3 decoder mask: position i attends to positions <= i. Shape [1, 1, length, length]."""
+  return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+
+
+def attention_weights(query: Array, key: Array, mask: Array | None) -> Array:
+  """softmax(Q K^T / sqrt(d_k)) of eq. (1), in float32. [batch, heads, q_len, k_len]."""
+  depth = query.shape[-1]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+  logits = logits / jnp.sqrt(jnp.float32(depth))
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def scaled_dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None, *,
+                                 implementation: str = "einsum") -> Array:
+  """§3.2.1, eq. (1): Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
+
+  Args:
+    query: [batch, q_len, heads, d_k]; key: [batch, k_len, heads, d_k]; value: [batch, k_len,
+      heads, d_v]; mask: boolean, broadcastable to [batch, heads, q_len, k_len].
+    implementation: "einsum", a plain reference, or "dot_product", `jax.nn.dot_product_attention`
+      (cuDNN's fused kernel on NVIDIA GPUs, XLA elsewhere).
+  Returns:
+    [batch, q_len, heads, d_v] in the dtype of `value`.
+  """
+  if implementation == "dot_product":
+    if mask is not None:
+      mask = jnp.broadcast_to(
+          mask, (query.shape[0], mask.shape[1], query.shape[1], key.shape[1]))
+    return jax.nn.dot_product_attention(query, key, value, mask=mask)
+  weights = attention_weights(query, key, mask)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+
+
+class MultiHeadAttention(nn.Module):
+  """§3.2.2 Multi-head attention: h parallel heads of d_k = d_model / h, concatenated, projected.
+
+  With `config.decode`, keys and values live in the "cache" collection:
+  self-attention appends one step's key and value per call; cross-attention (`is_cross=True`)
+  projects the encoder output once, on the call that creates the cache, and reuses it.
+
+  Attention weights are sown into the "intermediates" collection (as `attention_weights`,
+  [batch, heads, q_len, k_len]) only when that collection is mutable, so the default path pays
+  nothing for visualisation.
+  """
+
+  config: TransformerConfig
+  is_cross: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array | None,
+               cache_len: int | None = None) -> Array:
+    cfg = self.config
+    dense = functools.partial(
+        nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), dtype=cfg.compute_dtype,
+        param_dtype=cfg.params_dtype, kernel_init=nn.initializers.xavier_uniform())
+    query = dense(name="query")(inputs_q)  # [batch, q_len, heads, d_k]
+    if cfg.decode and self.is_cross:
+      key, value, mask = self._cached_cross_attention(dense, inputs_kv, mask)
+    else:
+      key = dense(name="key")(inputs_kv)
+      value = dense(name="value")(inputs_kv)
+      if cfg.decode:
+        key, value, mask = self._append_to_cache(key, value, mask, cache_len)
+
+    if cfg.attention_dropout_rate > 0 and not cfg.deterministic:
+      weights = attention_weights(query, key, mask)
+      self._sow_weights(weights)
+      weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=False)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+    else:
+      if self.is_mutable_collection("intermediates"):
+        self._sow_weights(attention_weights(query, key, mask))
+      out = scaled_dot_product_attention(query, key, value, mask,
+                                         implementation=cfg.attention_impl)
+    return nn.DenseGeneral(
+        cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+        kernel_init=nn.initializers.xavier_uniform(), name="out")(out)
+
+  def _sow_weights(self, weights: Array) -> None:
+    self.sow("intermediates", "attention_weights", weights)
+
+  def _cached_cross_attention(self, dense, inputs_kv, mask):
+    """Encoder-decoder keys, values and mask: computed on the cache-creating call, then reused."""
+    initialized = self.has_variable("cache", "cross_key")
+    if not initialized and inputs_kv is None:
+      raise ValueError("The decoding cache is empty: create it with "
+                       "transformer.model.init_decode_cache(...) before decode_step(...).")
+    if initialized:
+      key_fn = value_fn = mask_fn = None
+    else:
+      key_fn = lambda: dense(name="key")(inputs_kv)
+      value_fn = lambda: dense(name="value")(inputs_kv)
+      mask_fn = lambda: mask
+    key = self.variable("cache", "cross_key", key_fn)
+    value = self.variable("cache", "cross_value", value_fn)
+    cached_mask = self.variable("cache", "cross_mask", mask_fn)
+    return key.value, value.value, cached_mask.value
+
+  def _append_to_cache(self, key, value, mask, cache_len):
+    """Self-attention decoding: write this step's key and value at the cache index."""
+    initialized = self.has_variable("cache", "cached_key")
+    batch, _, heads, depth = key.shape
+    if not initialized and cache_len is None:
+      raise ValueError("The decoding cache is empty: create it with "
+                       "transformer.model.init_decode_cache(...) before decode_step(...).")
+    shape = (batch, cache_len or 0, heads, depth)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not initialized:  # The call that creates the cache: plain attention, nothing stored.
+      return key, value, mask
+    if key.shape[1] != 1:
+      raise ValueError(f"Cached decoding takes one token per step, got {key.shape[1]}.")
+    i = index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, i, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
+    index.value = i + 1
+    length = cached_key.value.shape[1]
+    step_mask = (jnp.arange(length) <= i)[None, None, None, :]  # [1, 1, 1, cache_len]
+    return cached_key.value, cached_value.value, step_mask

@@ -1,0 +1,117 @@
+"""§3.3-3.5: the position-wise feed-forward network, embeddings, positional encodings, and the
+residual sub-layer connection that wraps every attention and feed-forward block."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transformer.config import TransformerConfig
+
+Array = jax.Array
+
+
+def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
+  """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(same). [max_len, d_model]."""
+  position = np.arange(max_len, dtype=np.float64)[:, None]
+  two_i = np.arange(0, d_model, 2, dtype=np.float64)[None, :]
+  angle = position / np.power(10000.0, two_i / d_model)
+  table = np.zeros((max_len, d_model), dtype=np.float64)
+  table[:, 0::2] = np.sin(angle)
+  table[:, 1::2] = np.cos(angle[:, : d_model // 2])
+  return table.astype(np.float32)
+
+
+class FeedForward(nn.Module):
+  """§3.3 eq. (2): FFN(x) = max(0, x W1 + b1) W2 + b2, inner width d_ff."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    dense = lambda features, name: nn.Dense(
+        features, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+        kernel_init=nn.initializers.xavier_uniform(), name=name)
+    x = nn.relu(dense(cfg.d_ff, "inner")(x))
+    return dense(cfg.d_model, "outer")(x)
+
+
+class Embedding(nn.Module):
+  """§3.4 learned token embeddings, multiplied by sqrt(d_model).
+
+  `attend` is the pre-softmax linear transformation with the same matrix (weight tying).
+  """
+
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    self.table = self.param(
+        "embedding", nn.initializers.normal(stddev=cfg.d_model ** -0.5),
+        (cfg.vocab_size, cfg.d_model), cfg.params_dtype)
+
+  def __call__(self, tokens: Array) -> Array:
+    cfg = self.config
+    x = jnp.take(self.table, tokens, axis=0).astype(cfg.compute_dtype)
+    return x * jnp.sqrt(jnp.asarray(cfg.d_model, cfg.compute_dtype))
+
+  def attend(self, x: Array) -> Array:
+    """Logits x E^T, returned in float32."""
+    table = self.table.astype(self.config.compute_dtype)
+    return jnp.einsum("bld,vd->blv", x, table).astype(jnp.float32)
+
+
+class PositionalEncoding(nn.Module):
+  """§3.5: adds sinusoidal (the paper's) or learned position encodings, then dropout (§5.4).
+
+  In decoding mode the position comes from a counter in the "cache" collection.
+  """
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array | None = None) -> Array:
+    cfg = self.config
+    length = x.shape[1]
+    if length > cfg.max_len:
+      raise ValueError(
+          f"Sequence length {length} exceeds TransformerConfig.max_len={cfg.max_len}; "
+          "truncate the input or build the model with a larger max_len.")
+    if cfg.positional_encoding == "sinusoidal":
+      table = jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model))
+    else:
+      table = self.param("position_embedding", nn.initializers.normal(stddev=0.02),
+                         (cfg.max_len, cfg.d_model), cfg.params_dtype)
+    if cfg.decode:
+      initialized = self.has_variable("cache", "position_index")
+      index = self.variable("cache", "position_index", lambda: jnp.array(0, jnp.int32))
+      if initialized:
+        positions = jnp.broadcast_to(index.value, x.shape[:2])
+        index.value = index.value + 1
+    if positions is None:
+      encoding = table[None, :length]
+    else:
+      encoding = jnp.take(table, positions, axis=0)
+    x = x + encoding.astype(x.dtype)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=cfg.deterministic)
+
+
+def sublayer_connection(config: TransformerConfig, x: Array, sublayer: Callable[[Array], Array],
+                        name: str) -> Array:
+  """§3.1 / §5.4 residual connection around a sub-layer, with dropout on its output.
+
+  "post" (the paper's): LayerNorm(x + Dropout(Sublayer(x))).
+  "pre": x + Dropout(Sublayer(LayerNorm(x))), with a final LayerNorm after the stack.
+  Call from inside a compact module: the LayerNorm becomes a child of that module.
+  """
+  norm = nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.compute_dtype,
+                      param_dtype=config.params_dtype, name=f"{name}_norm")
+  dropout = nn.Dropout(config.dropout_rate)
+  if config.norm_order == "pre":
+    return x + dropout(sublayer(norm(x)), deterministic=config.deterministic)
+  return norm(x + dropout(sublayer(x), deterministic=config.deterministic))

@@ -1,0 +1,204 @@
+"""§3.1 The encoder-decoder Transformer, with separate `encode` and `decode` entry points and an
+autoregressive decoding cache (`init_decode_cache`, `decode_step`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from transformer.attention import MultiHeadAttention, causal_mask, segment_mask
+from transformer.config import BOS_ID, PAD_ID, TransformerConfig
+from transformer.layers import Embedding, FeedForward, PositionalEncoding, sublayer_connection
+
+Array = jax.Array
+
+
+def shift_right(targets: Array, segmentation: Array | None = None) -> Array:
+  """Decoder inputs: targets shifted one place right, BOS first (and first in every packed pair)."""
+  shifted = jnp.pad(targets, ((0, 0), (1, 0)), constant_values=BOS_ID)[:, :-1]
+  if segmentation is not None:
+    previous = jnp.pad(segmentation, ((0, 0), (1, 0)))[:, :-1]
+    shifted = jnp.where(segmentation != previous, BOS_ID, shifted)
+  return shifted
+
+
+def _segments(tokens: Array, segmentation: Array | None) -> Array:
+  return (tokens != PAD_ID).astype(jnp.int32) if segmentation is None else segmentation
+
+
+def _final_norm(cfg: TransformerConfig, x: Array) -> Array:
+  """Pre-norm stacks end with a LayerNorm; the paper's post-norm stacks already end normalised."""
+  if cfg.norm_order != "pre":
+    return x
+  return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
+                      param_dtype=cfg.params_dtype, name="final_norm")(x)
+
+
+class EncoderLayer(nn.Module):
+  """§3.1 Encoder layer: multi-head self-attention, then the feed-forward network."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array) -> Array:
+    cfg = self.config
+    attention = MultiHeadAttention(cfg, name="self_attention")
+    x = sublayer_connection(cfg, x, lambda h: attention(h, h, mask), "self_attention")
+    return sublayer_connection(cfg, x, FeedForward(cfg, name="feed_forward"), "feed_forward")
+
+
+class DecoderLayer(nn.Module):
+  """§3.1 Decoder layer: masked self-attention, encoder-decoder attention, feed-forward."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, y: Array, encoded: Array | None, self_mask: Array | None,
+               cross_mask: Array | None, cache_len: int | None = None) -> Array:
+    cfg = self.config
+    self_attention = MultiHeadAttention(cfg, name="self_attention")
+    cross_attention = MultiHeadAttention(cfg, is_cross=True, name="cross_attention")
+    y = sublayer_connection(cfg, y, lambda h: self_attention(h, h, self_mask, cache_len),
+                            "self_attention")
+    y = sublayer_connection(cfg, y, lambda h: cross_attention(h, encoded, cross_mask),
+                            "cross_attention")
+    return sublayer_connection(cfg, y, FeedForward(cfg, name="feed_forward"), "feed_forward")
+
+
+class Encoder(nn.Module):
+  """§3.1 Encoder: embeddings + positional encoding, then N identical layers."""
+
+  config: TransformerConfig
+  embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, inputs: Array, segmentation: Array | None = None,
+               positions: Array | None = None) -> Array:
+    cfg = self.config.replace(decode=False)  # The encoder never caches: it runs once per source.
+    segments = _segments(inputs, segmentation)
+    mask = segment_mask(segments, segments)
+    x = PositionalEncoding(cfg, name="positional_encoding")(
+        self.embedding(inputs), positions)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask)
+    return _final_norm(cfg, x)
+
+
+class Decoder(nn.Module):
+  """§3.1 Decoder: N layers over the shifted targets, then the pre-softmax projection (§3.4)."""
+
+  config: TransformerConfig
+  embedding: nn.Module
+  output_embedding: nn.Module | None = None
+
+  @nn.compact
+  def __call__(self, encoded: Array | None, inputs: Array | None, targets: Array,
+               targets_segmentation: Array | None = None, targets_positions: Array | None = None,
+               inputs_segmentation: Array | None = None, cache_len: int | None = None) -> Array:
+    cfg = self.config
+    if cfg.decode:  # `targets` is the previous token; the cache holds everything else.
+      decoder_inputs, self_mask, cross_mask = targets, None, None
+      if inputs is not None:  # The call that creates the cache also stores the cross mask.
+        query_segments = jnp.ones(targets.shape, jnp.int32)
+        cross_mask = segment_mask(query_segments, _segments(inputs, inputs_segmentation))
+    else:
+      decoder_inputs = shift_right(targets, targets_segmentation)
+      target_segments = _segments(targets, targets_segmentation)
+      self_mask = segment_mask(target_segments, target_segments) & causal_mask(targets.shape[1])
+      cross_mask = segment_mask(target_segments, _segments(inputs, inputs_segmentation))
+    y = PositionalEncoding(cfg, name="positional_encoding")(
+        self.embedding(decoder_inputs), targets_positions)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f"layer_{i}")(y, encoded, self_mask, cross_mask, cache_len)
+    y = _final_norm(cfg, y)
+    if self.output_embedding is None:
+      return self.embedding.attend(y)
+    return self.output_embedding.attend(y)
+
+
+class Transformer(nn.Module):
+  """§3 The Transformer: encoder, decoder, and (optionally shared, §3.4) embeddings.
+
+  `__call__` returns float32 logits [batch, target_length, vocab] for teacher forcing;
+  `encode` and `decode` are the two halves, so translation encodes a source once.
+  """
+
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    if cfg.share_embeddings:
+      self.source_embedding = self.target_embedding = Embedding(cfg, name="shared_embedding")
+      output_embedding = None
+    else:
+      self.source_embedding = Embedding(cfg, name="source_embedding")
+      self.target_embedding = Embedding(cfg, name="target_embedding")
+      output_embedding = Embedding(cfg, name="output_embedding")
+    self.encoder = Encoder(cfg, self.source_embedding, name="encoder")
+    self.decoder = Decoder(cfg, self.target_embedding, output_embedding, name="decoder")
+
+  def encode(self, inputs: Array, inputs_segmentation: Array | None = None,
+             inputs_positions: Array | None = None) -> Array:
+    """Encoder output [batch, source_length, d_model]."""
+    return self.encoder(inputs, inputs_segmentation, inputs_positions)
+
+  def decode(self, encoded: Array | None, inputs: Array | None, targets: Array,
+             targets_segmentation: Array | None = None, targets_positions: Array | None = None,
+             inputs_segmentation: Array | None = None, cache_len: int | None = None) -> Array:
+    """Logits for `targets` given the encoder output (or, when decoding, for the next token)."""
+    return self.decoder(encoded, inputs, targets, targets_segmentation, targets_positions,
+                        inputs_segmentation, cache_len)
+
+  def __call__(self, inputs: Array, targets: Array, *,
+               inputs_segmentation: Array | None = None,
+               targets_segmentation: Array | None = None,
+               inputs_positions: Array | None = None,
+               targets_positions: Array | None = None) -> Array:
+    if self.config.decode:
+      raise ValueError("Transformer.__call__ is for teacher forcing; with decode=True use "
+                       "init_decode_cache and decode_step.")
+    encoded = self.encode(inputs, inputs_segmentation, inputs_positions)
+    return self.decode(encoded, inputs, targets, targets_segmentation, targets_positions,
+                       inputs_segmentation)
+
+
+def init_params(config: TransformerConfig, rng: jax.Array, length: int = 8) -> Any:
+  """Fresh parameters (jit-compiled: `model.init` is otherwise slow to trace)."""
+  dummy = jnp.ones((1, min(length, config.max_len)), jnp.int32)
+  init = jax.jit(lambda r: Transformer(config.replace(deterministic=True)).init(r, dummy, dummy))
+  return init(rng)["params"]
+
+
+def count_params(params: Any) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def init_decode_cache(config: TransformerConfig, params: Any, inputs: Array,
+                      max_decode_len: int) -> Any:
+  """Encodes `inputs` once and returns a decoding cache for up to `max_decode_len` steps.
+
+  The cache holds, per decoder layer, the self-attention keys and values (filled one step at
+  a time) and the encoder-decoder keys, values and source mask (computed here, once). Every
+  leaf has the batch as its leading axis except scalar step counters.
+  """
+  if max_decode_len > config.max_len:
+    raise ValueError(f"max_decode_len={max_decode_len} exceeds TransformerConfig.max_len="
+                     f"{config.max_len}.")
+  model = Transformer(config.replace(decode=True, deterministic=True))
+  encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
+  first = jnp.full((inputs.shape[0], 1), BOS_ID, jnp.int32)
+  _, variables = model.apply({"params": params}, encoded, inputs, first, cache_len=max_decode_len,
+                             method=Transformer.decode, mutable=["cache"])
+  return variables["cache"]
+
+
+def decode_step(config: TransformerConfig, params: Any, cache: Any,
+                tokens: Array) -> tuple[Array, Any]:
+  """One decoding step: previous tokens [N, 1] -> (next-token logits [N, vocab], new cache)."""
+  model = Transformer(config.replace(decode=True, deterministic=True))
+  logits, variables = model.apply({"params": params, "cache": cache}, None, None, tokens,
+                                  method=Transformer.decode, mutable=["cache"])
+  return logits[:, -1, :], variables["cache"]
