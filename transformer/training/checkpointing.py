@@ -1,0 +1,180 @@
+"""Checkpoints with Orbax: asynchronous saves, the last K kept, automatic resume, preemption.
+
+A checkpoint is one step directory `WORKDIR/checkpoints/<step>/` holding three items:
+  - `state`: the train state (step, parameters, optimizer state), every leaf as sharded;
+  - `data_iter`: the grain iterator's position (one file per host), so a resumed run reads
+    exactly the batch an uninterrupted run would have read next;
+  - `model`: the model's TransformerConfig as JSON, to refuse a resume with another shape.
+Orbax writes into a temporary directory and renames it when complete, so a save cut short by a
+kill never replaces the latest complete checkpoint. A step directory that is complete by name but
+cannot be read (truncated files, a disk error) is moved to `WORKDIR/checkpoints_broken/` with a
+warning and the previous checkpoint is used; nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging as pylogging
+import os
+import shutil
+import signal
+import threading
+import time
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+# The TransformerConfig fields that decide parameter shapes.
+SHAPE_FIELDS = ("vocab_size", "d_model", "d_ff", "num_heads", "num_encoder_layers",
+                "num_decoder_layers", "share_embeddings", "max_len", "positional_encoding",
+                "param_dtype")
+
+
+class _HideOrbaxInfo(pylogging.Filter):
+  """Drops Orbax's INFO lines (dozens per save); its warnings and errors still show."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno > pylogging.INFO or "orbax" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+  logger = logging.get_absl_logger()
+  if not any(isinstance(f, _HideOrbaxInfo) for f in logger.filters):
+    logger.addFilter(_HideOrbaxInfo())
+
+
+class ModelMismatchError(ValueError):
+  """The checkpoint in the workdir was trained with a model of another shape."""
+
+
+def model_config_json(model_config) -> dict:
+  return {k: v for k, v in dataclasses.asdict(model_config).items()
+          if k not in ("deterministic", "decode")}
+
+
+def check_same_shape(saved: dict, model_config, directory: str, step: int) -> None:
+  current = model_config_json(model_config)
+  diffs = [f"{name}: checkpoint {saved.get(name)!r}, this config {current.get(name)!r}"
+           for name in SHAPE_FIELDS
+           if name in saved and saved.get(name) != current.get(name)
+           and not (name == "max_len" and current.get("positional_encoding") == "sinusoidal")]
+  if diffs:
+    raise ModelMismatchError(
+        f"Cannot resume from the checkpoint of step {step} in {directory}: it holds a model of "
+        f"another shape ({'; '.join(diffs)}). Use a new --workdir, or the config it was "
+        "trained with.")
+
+
+class Checkpointer:
+  """Saves and restores (state, data iterator, model config) under `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               quiet: bool = True):
+    if quiet:
+      quiet_orbax_logs()
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.broken_directory = os.path.abspath(os.path.join(workdir, "checkpoints_broken"))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, data_iter=None, model_config=None, *, force=True) -> bool:
+    """Starts an asynchronous save of `state` (and the iterator position) as `step`."""
+    items: dict[str, Any] = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    if model_config is not None:
+      items["model"] = ocp.args.JsonSave(model_config_json(model_config))
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore_latest(self, abstract_state, data_iter=None, model_config=None):
+    """Restores the newest readable checkpoint; returns (state, step) or (None, None).
+
+    `abstract_state` gives shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves).
+    Unreadable checkpoints are moved aside (logged) and the previous one is tried.
+    Raises ModelMismatchError when the model shape differs from `model_config`.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        if model_config is not None:
+          saved = self._restore_model_json(step)
+          if saved is not None:
+            check_same_shape(saved, model_config, self.directory, step)
+        items: dict[str, Any] = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+          items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], step
+      except ModelMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
+    return None, None
+
+  def _restore_model_json(self, step: int) -> dict | None:
+    path = os.path.join(self.directory, str(step), "model")
+    if not os.path.exists(path):
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))[
+        "model"]
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.broken_directory, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    logging.warning(
+        "Checkpoint of step %d in %s cannot be read (%s: %s); moving it to %s and trying the "
+        "previous checkpoint.", step, source, type(error).__name__,
+        str(error).splitlines()[0][:300] if str(error) else "", target)
+    if jax.process_index() == 0 and os.path.exists(source):
+      os.makedirs(self.broken_directory, exist_ok=True)
+      shutil.move(source, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"set_aside_{step}")
+    self.manager.reload()
+
+  def wait(self) -> None:
+    """Blocks until every started save is complete on disk."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM (a preempted TPU VM, `kill`) into a flag the training loop polls.
+
+  The loop saves a checkpoint of the step it is at and returns; a second SIGTERM while saving
+  is ignored, so the save completes. The previous handler is restored by `close`.
+  """
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if not self._event.is_set():
+      logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+    self._event.set()
+
+  @property
+  def requested(self) -> bool:
+    return self._event.is_set()
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None

@@ -1,0 +1,73 @@
+"""FLOPs of a training step and the peak FLOP/s of known devices (for MFU).
+
+Counting rule (matmuls only; a multiply-add is 2 FLOPs; softmax, LayerNorm, dropout, embedding
+lookups and the optimizer are left out, as is usual for MFU). For a batch of `rows` rows of
+source length S and target length T, d = d_model, V = vocabulary:
+
+  encoder layer, per source token: Q,K,V,O projections 4 d^2 + feed-forward 2 d d_ff
+                                   + attention scores Q K^T (S d) + weighted values (S d)
+  decoder layer, per target token: self-attention 4 d^2 + 2 T d, cross-attention Q,O 2 d^2
+                                   + 2 S d, feed-forward 2 d d_ff;
+                 per source token: cross-attention K,V projections 2 d^2
+  output projection, per target token: d V
+
+(multiply-adds). Attention is counted over the whole padded row, S keys per query in the
+encoder and T in the decoder's self-attention: the causal mask and packing masks do not skip
+work in this implementation, so that is the work done. Training = 3 x forward (the backward
+pass costs twice the forward). A step with gradient accumulation k counts k batches.
+"""
+
+from __future__ import annotations
+
+# Peak dense FLOP/s per device, by `device_kind` substring and compute dtype. GPUs' float32
+# figures are TF32 tensor-core peaks (XLA uses TF32 for float32 matmuls by default).
+PEAK_FLOPS = {
+    # name: (bfloat16, float32)
+    "TPU v6": (918e12, 918e12 / 2),
+    "TPU v5p": (459e12, 459e12 / 2),
+    "TPU v5 lite": (197e12, 197e12 / 2),
+    "TPU v5e": (197e12, 197e12 / 2),
+    "TPU v4": (275e12, 275e12 / 2),
+    "TPU v3": (123e12, 123e12 / 2),
+    "H200": (989e12, 494e12),
+    "H100": (989e12, 494e12),
+    "A100": (312e12, 156e12),
+    "L4": (121e12, 60e12),
+    "A10": (125e12, 62.5e12),
+}
+
+
+def forward_flops(*, rows: int, source_len: int, target_len: int, d_model: int, d_ff: int,
+                  num_encoder_layers: int, num_decoder_layers: int, vocab_size: int) -> float:
+  """Matmul FLOPs of one forward pass over a [rows, S] x [rows, T] batch (see module doc)."""
+  d, s, t = d_model, source_len, target_len
+  encoder = num_encoder_layers * s * (4 * d * d + 2 * d * d_ff + 2 * s * d)
+  decoder = num_decoder_layers * (
+      t * (4 * d * d + 2 * t * d)          # masked self-attention
+      + t * (2 * d * d + 2 * s * d)        # cross-attention queries, output, scores, values
+      + s * (2 * d * d)                    # cross-attention keys and values of the source
+      + t * (2 * d * d_ff))                # feed-forward
+  output = t * d * vocab_size
+  return 2.0 * rows * (encoder + decoder + output)
+
+
+def train_step_flops(model_config, *, rows: int, source_len: int, target_len: int,
+                     grad_accum_steps: int = 1) -> float:
+  """FLOPs of one optimizer update: 3 x forward x accumulated batches."""
+  fwd = forward_flops(
+      rows=rows, source_len=source_len, target_len=target_len, d_model=model_config.d_model,
+      d_ff=model_config.d_ff, num_encoder_layers=model_config.num_encoder_layers,
+      num_decoder_layers=model_config.num_decoder_layers, vocab_size=model_config.vocab_size)
+  return 3.0 * fwd * grad_accum_steps
+
+
+def peak_flops_per_device(device, dtype: str = "bfloat16") -> tuple[float | None, str]:
+  """(peak FLOP/s, description) for a jax device, or (None, reason) when unknown (CPU)."""
+  kind = getattr(device, "device_kind", "") or ""
+  if device.platform == "cpu":
+    return None, f"unknown for CPU ({kind})"
+  for name, (bf16, fp32) in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      peak = bf16 if dtype in ("bfloat16", "float16") else fp32
+      return peak, f"{peak / 1e12:.0f} TFLOP/s per device ({name}, {dtype} dense)"
+  return None, f"unknown for {kind!r}"

@@ -1,0 +1,317 @@
+"""`train_and_evaluate(config, workdir)`: the training loop that `train.py` and notebooks run.
+
+One jit-compiled step over a mesh of every device (sharding.py), Orbax checkpoints with the
+data iterator's position (checkpointing.py), TensorBoard and metrics.jsonl (writers.py),
+validation every `eval_every_steps`, and the final evaluation on the test split.
+
+Steps count optimizer updates: with `grad_accum_steps = k` every step reads k batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from transformer.config import PAD_ID
+from transformer.training import sharding
+from transformer.training.checkpointing import Checkpointer, PreemptionWatcher
+from transformer.training.flops import peak_flops_per_device, train_step_flops
+from transformer.training.loss import summarize
+from transformer.training.optimizer import learning_rate_at, optimizer_from_config
+from transformer.training.steps import TrainState, eval_step, init_state, train_step
+from transformer.training.validation import model_config_from, validate_config
+from transformer.training.writers import MetricWriter
+
+SUMMED_METRICS = ("loss_sum", "nll_sum", "correct", "tokens", "source_tokens")
+
+
+@dataclasses.dataclass
+class TrainingData:
+  """What the loop reads.
+
+  vocab_size: the tokenizer's vocabulary (sets the model's).
+  train_iter: endless iterator of this host's batches (numpy dicts, see docs/architecture.md);
+    a grain DatasetIterator is checkpointed with the model, so resume reads the next batch.
+  eval_batches: this host's validation batches, the same every evaluation.
+  tokenizer: the tokenizer, or None for synthetic data (then no final evaluation).
+  """
+  vocab_size: int
+  train_iter: Iterator[dict]
+  eval_batches: list[dict]
+  tokenizer: Any = None
+
+  @property
+  def checkpointable(self) -> bool:
+    return hasattr(self.train_iter, "get_state") and hasattr(self.train_iter, "set_state")
+
+
+def pipeline_data(config, workdir: str) -> TrainingData:
+  """The data pipeline's tokenizer, training iterator and validation batches for `config`."""
+  from transformer.data import pipeline  # pylint: disable=g-import-not-at-top
+  tokenizer = pipeline.get_tokenizer(config, workdir)
+  row_multiple = jax.local_device_count()
+  train_iter = pipeline.make_train_iterator(
+      config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
+      row_multiple=row_multiple)
+  eval_batches = []
+  if config.eval_every_steps:
+    eval_batches = list(pipeline.make_eval_batches(
+        config, tokenizer, config.eval_split, num_batches=config.num_eval_batches,
+        row_multiple=row_multiple, process_index=jax.process_index(),
+        process_count=jax.process_count()))
+  return TrainingData(vocab_size=tokenizer.vocab_size, train_iter=train_iter,
+                      eval_batches=eval_batches, tokenizer=tokenizer)
+
+
+def final_evaluation(config, workdir: str, state: TrainState) -> None:
+  """Sample translations, BLEU and exact match on the test split -> WORKDIR/eval_test.json.
+
+  TODO(lead): implemented with transformer.evaluate (decoding + scores) once it lands.
+  """
+  del config, workdir, state
+  logging.info("final_evaluation: not implemented yet (transformer.evaluate pending).")
+
+
+def write_resolved_config(config, model_config, workdir: str, mesh) -> None:
+  """WORKDIR/config.json: the run config as resolved, the model config and the devices."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  record = {"config": config.to_dict(), "model": dataclasses.asdict(model_config),
+            "devices": int(mesh.devices.size), "processes": jax.process_count(),
+            "platform": jax.devices()[0].platform, "jax": jax.__version__}
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=2, sort_keys=True, default=str)
+
+
+def count_params(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def startup_summary(config, model_config, abstract_state, mesh, first_batch: dict) -> dict:
+  """The numbers logged at the start (and returned for the benchmark)."""
+  rows = first_batch["inputs"].shape[0] * jax.process_count()
+  source_len, target_len = first_batch["inputs"].shape[1], first_batch["targets"].shape[1]
+  step_flops = train_step_flops(model_config, rows=rows, source_len=source_len,
+                                target_len=target_len, grad_accum_steps=config.grad_accum_steps)
+  peak, peak_text = peak_flops_per_device(jax.devices()[0], model_config.dtype)
+  return {
+      "params": count_params(abstract_state.params),
+      "devices": sharding.describe(mesh),
+      "parallelism": config.parallelism,
+      "batch_shape": f"{rows} rows x ({source_len} source + {target_len} target) positions",
+      "tokens_per_step": rows * (source_len + target_len) * config.grad_accum_steps,
+      "flops_per_step": step_flops,
+      "peak_flops_per_device": peak,
+      "peak_text": peak_text,
+  }
+
+
+def log_summary(summary: dict, config) -> None:
+  logging.info("Parameters: %s", f"{summary['params']:,}")
+  logging.info("Devices: %s; parallelism: %s", summary["devices"], summary["parallelism"])
+  logging.info("Global batch: %s%s = %s token positions per step", summary["batch_shape"],
+               f" x {config.grad_accum_steps} accumulated" if config.grad_accum_steps > 1 else "",
+               f"{summary['tokens_per_step']:,}")
+  logging.info("FLOPs per step: %.3g (matmuls, 3 x forward; see transformer/training/flops.py)",
+               summary["flops_per_step"])
+  logging.info("Peak FLOP/s used for MFU: %s", summary["peak_text"])
+
+
+def _add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+class _MetricsBuffer:
+  """Device metrics of the steps since the last sync; fetched in one transfer when needed."""
+
+  def __init__(self):
+    self.pending: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.pending.append((step, metrics))
+
+  def fetch(self) -> list[tuple[int, dict]]:
+    """Host copies of the pending metrics; raises FloatingPointError at the first bad loss."""
+    pending, self.pending = self.pending, []
+    host = jax.device_get([m for _, m in pending])
+    out = [(step, m) for (step, _), m in zip(pending, host)]
+    for step, m in out:
+      if not np.isfinite(m["loss_sum"]) or not np.isfinite(m["grad_norm"]):
+        raise FloatingPointError(
+            f"Loss is {float(m['loss_sum'])} (gradient norm {float(m['grad_norm'])}) at step "
+            f"{step}; stopping.")
+    return out
+
+
+def _evaluate(eval_fn, params, batches: list[dict], mesh) -> dict | None:
+  sums = None
+  for batch in batches:
+    metrics = eval_fn(params, sharding.global_batch(batch, mesh))
+    sums = metrics if sums is None else _add(sums, metrics)
+  return None if sums is None else summarize(jax.device_get(sums))
+
+
+def _stop_requested(watcher: PreemptionWatcher, sync_point: bool) -> bool:
+  """SIGTERM seen (on any host: all hosts agree, at log steps, when there are several)."""
+  if jax.process_count() == 1:
+    return watcher.requested
+  if not sync_point:
+    return False
+  flags = multihost_utils.process_allgather(np.int32(watcher.requested))
+  return bool(np.max(flags))
+
+
+def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None) -> TrainState:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint), then evaluates.
+
+  Args:
+    config: a run config (configs/*.py).
+    workdir: checkpoints, config.json, metrics.jsonl, TensorBoard files and eval_test.json.
+    data: the data to train on; default: the data pipeline for `config`.
+  Returns:
+    The final train state (or the state at which a SIGTERM stopped the run).
+  """
+  workdir = os.path.abspath(workdir)
+  mesh = sharding.make_mesh()
+  validate_config(config, num_devices=mesh.devices.size, process_count=jax.process_count())
+  if data is None:
+    data = pipeline_data(config, workdir)
+  model_config = model_config_from(config, data.vocab_size)
+  write_resolved_config(config, model_config, workdir, mesh)
+
+  tx = optimizer_from_config(config, model_config.d_model)
+  init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_fn = functools.partial(init_state, model_config, tx)
+  abstract = jax.eval_shape(init_fn, init_key)
+  state_shardings = sharding.state_shardings(abstract, mesh, config.parallelism)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
+
+  checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+  train_iter = data.train_iter
+  state, start_step = checkpointer.restore_latest(
+      abstract, train_iter if data.checkpointable else None, model_config)
+  if state is None:
+    start_step = 0
+    state = jax.jit(init_fn, out_shardings=state_shardings)(init_key)
+  else:
+    logging.info("Resumed from the checkpoint of step %d in %s", start_step,
+                 checkpointer.directory)
+
+  accum = config.grad_accum_steps
+  train_fn = jax.jit(
+      functools.partial(train_step, model_config=model_config, tx=tx,
+                        label_smoothing=config.label_smoothing, dropout_key=dropout_key),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+  eval_fn = jax.jit(
+      functools.partial(eval_step, model_config=model_config, label_smoothing=0.0),
+      in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)),
+      out_shardings=sharding.replicated(mesh))
+
+  first_batch = next(train_iter)
+  summary = startup_summary(config, model_config, abstract, mesh, first_batch)
+  log_summary(summary, config)
+  peak_total = (summary["peak_flops_per_device"] or 0) * mesh.devices.size
+
+  writer = MetricWriter(workdir)
+  watcher = PreemptionWatcher()
+  buffer = _MetricsBuffer()
+  num_steps = config.num_train_steps
+  bar = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
+             disable=jax.process_index() != 0, mininterval=1.0, desc="train")
+  pending_batch = first_batch
+  last_saved = start_step
+  saved_stop = False
+  step = start_step
+  try:
+    interval_start, interval_steps = time.perf_counter(), 0
+    for step in range(start_step + 1, num_steps + 1):
+      metrics = None
+      for _ in range(accum):
+        batch = pending_batch if pending_batch is not None else next(train_iter)
+        pending_batch = None
+        state, micro = train_fn(state, sharding.global_batch(batch, mesh))
+        metrics = micro if metrics is None else _add(metrics, micro)
+      buffer.add(step, metrics)
+      interval_steps += 1
+      bar.update(1)
+
+      if step == start_step + 1:  # one sync to report compile + first step time
+        jax.block_until_ready(state)
+        logging.info("First step (compilation included) took %.1f s",
+                     time.perf_counter() - interval_start)
+        interval_start, interval_steps = time.perf_counter(), 0
+        buffer.fetch()  # checks the first loss
+
+      is_last = step == num_steps
+      log_now = step % config.log_every_steps == 0 or is_last
+      stop = _stop_requested(watcher, log_now)
+      save_now = is_last or stop or (
+          config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+      if log_now or save_now:
+        fetched = buffer.fetch()  # raises FloatingPointError on a NaN/Inf loss
+        if log_now and fetched:
+          elapsed = time.perf_counter() - interval_start
+          sums = {k: sum(float(m[k]) for _, m in fetched) for k in SUMMED_METRICS}
+          train = summarize(sums)
+          train["grad_norm"] = float(np.mean([m["grad_norm"] for _, m in fetched])) / accum
+          train["learning_rate"] = learning_rate_at(config, model_config.d_model, step - 1)
+          tokens = sums["tokens"] + sums["source_tokens"]
+          if interval_steps and elapsed > 0:
+            # mean tokens per step (non-pad source + target) x steps per second
+            train["tokens_per_sec"] = tokens / len(fetched) * interval_steps / elapsed
+            train["steps_per_sec"] = interval_steps / elapsed
+            if peak_total:
+              train["mfu"] = summary["flops_per_step"] * interval_steps / elapsed / peak_total
+          writer.write(step, "train", train)
+          bar.set_postfix(loss=f"{train['loss']:.3f}",
+                          tok_s=f"{train.get('tokens_per_sec', 0):,.0f}", refresh=False)
+          interval_start, interval_steps = time.perf_counter(), 0
+      if save_now:
+        checkpointer.save(step, state, train_iter if data.checkpointable else None, model_config)
+        last_saved = step
+      if config.eval_every_steps and data.eval_batches and (
+          step % config.eval_every_steps == 0 or is_last):
+        evaluation = _evaluate(eval_fn, state.params, data.eval_batches, mesh)
+        writer.write(step, "eval", evaluation)
+        logging.info("Step %d validation: loss %.4f, accuracy %.4f, perplexity %.3f", step,
+                     evaluation["nll"], evaluation["accuracy"], evaluation["perplexity"])
+        interval_start, interval_steps = time.perf_counter(), 0
+      if stop:
+        saved_stop = True
+        break
+  except FloatingPointError as e:
+    bar.close()
+    checkpointer.wait()
+    raise FloatingPointError(
+        f"{e} The last good checkpoint is step {checkpointer.latest_step()} in "
+        f"{checkpointer.directory}; lower the learning rate or clip gradients "
+        "(grad_clip_norm) and run again to resume from it.") from None
+  finally:
+    bar.close()
+    watcher.close()
+    writer.close()
+    checkpointer.close()  # waits for the saves in flight
+
+  if saved_stop:
+    logging.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Run the same "
+                    "command to resume.", last_saved, checkpointer.directory)
+    return state
+  if data.tokenizer is not None:
+    final_evaluation(config, workdir, state)
+  return state
+
