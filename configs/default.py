@@ -27,9 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.overlong = "drop"          # what to do with longer pairs: "drop" | "truncate"
   config.batching = "packed"        # "padded" | "tokens" (token budget, length buckets) | "packed"
   config.batch_size = 64            # rows per global batch for "padded" and "packed"
-  config.tokens_per_batch = 4096    # global source-token budget per batch for "tokens"
+  config.tokens_per_batch = 4096    # global token budget per batch for "tokens": rows x length
+                                    # of each of inputs and targets (padding counted)
+  config.length_buckets = ""        # for "tokens": e.g. "16,32,64"; "" = 8,16,24,32,48,64,96,...
+  config.pack_window = 16384        # for "packed": examples packed together (more = denser rows)
   config.eval_batch_size = 256      # rows per batch when evaluating and decoding
-  config.shuffle_buffer = 0         # 0 = a full random permutation per epoch
   config.prefetch = 4               # batches prepared ahead in background threads
   config.numbers = ml_collections.ConfigDict(dict(
       max_number=999_999, num_train=100_000, num_validation=1_000, num_test=1_000))

@@ -1,0 +1,385 @@
+"""Tokenized examples and the three ways to cut them into batches: padded, token budget, packed.
+
+Each training epoch is a *plan*: a seeded permutation of the examples (`seed`, `epoch`) cut into
+windows, and each window into batches. A batch is a function of (seed, epoch, window, batch), so
+the iterator state is three integers; restoring it gives exactly the batches the uninterrupted
+run would have seen, and every example appears once per epoch.
+
+  * "padded": `rows` examples per batch, each padded to `max_length`: one shape, one compile.
+  * "tokens": §5.1 of the paper: batches of similar-length pairs under a token budget. Each pair
+    goes to the smallest length bucket that holds both its sides; a bucket-L batch has
+    `budget // L` rows (a multiple of the row unit), so `rows * L <= budget` for inputs and for
+    targets, and XLA compiles one program per bucket. The plan is global (every host computes
+    it from the lengths of the whole split) and each host takes its slice of every batch's rows,
+    so all hosts agree on each step's shape.
+  * "packed": several pairs per row of `max_length`, first-fit decreasing over a window of
+    examples, with `*_segmentation` (1, 2, ... per pair, 0 on padding) and `*_position`
+    (restarting at 0 for every pair).
+
+Rows with no example (the end of an epoch) are all PAD; the loss weights them zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+from absl import logging
+
+from transformer.config import EOS_ID, PAD_ID
+
+BATCHINGS = ("padded", "tokens", "packed")
+OVERLONG = ("drop", "truncate")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenized examples.
+
+
+@dataclasses.dataclass
+class Examples:
+  """Tokenized, EOS-terminated pairs stored flat: source i is `src[src_off[i]:src_off[i+1]]`."""
+
+  src: np.ndarray       # [total source tokens] int32
+  src_off: np.ndarray   # [n + 1] int64
+  tgt: np.ndarray
+  tgt_off: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.src_off) - 1
+
+  @property
+  def src_len(self) -> np.ndarray:
+    return np.diff(self.src_off)
+
+  @property
+  def tgt_len(self) -> np.ndarray:
+    return np.diff(self.tgt_off)
+
+  def source(self, i: int) -> np.ndarray:
+    return self.src[self.src_off[i]:self.src_off[i + 1]]
+
+  def target(self, i: int) -> np.ndarray:
+    return self.tgt[self.tgt_off[i]:self.tgt_off[i + 1]]
+
+
+def _flatten(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+  lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+  offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
+  return flat, offsets
+
+
+def encode_examples(pairs: Sequence[tuple[str, str]], tok, *, max_length: int,
+                    overlong: str = "drop", keep_empty: bool = False,
+                    what: str = "") -> Examples:
+  """Tokenizes pairs, appends EOS, skips empty pairs and drops or truncates overlong ones.
+
+  Every skipped, dropped or truncated pair is counted in one log line.
+  """
+  if overlong not in OVERLONG:
+    raise ValueError(f"config.overlong={overlong!r} is unknown; allowed: {', '.join(OVERLONG)}.")
+  if max_length < 2:
+    raise ValueError(f"config.max_length={max_length} must be at least 2 (a token and EOS).")
+  srcs, tgts, num_empty, num_long = [], [], 0, 0
+  chunk = 65536
+  for start in range(0, len(pairs), chunk):
+    part = pairs[start:start + chunk]
+    if not keep_empty:
+      kept = [p for p in part if p[0].strip() and p[1].strip()]
+      num_empty += len(part) - len(kept)
+      part = kept
+    enc_s = tok.encode_batch([p[0] for p in part])
+    enc_t = tok.encode_batch([p[1] for p in part])
+    for s, t in zip(enc_s, enc_t):
+      if len(s) >= max_length or len(t) >= max_length:   # EOS makes it one longer
+        num_long += 1
+        if overlong == "drop":
+          continue
+        s, t = s[:max_length - 1], t[:max_length - 1]
+      s.append(EOS_ID)
+      t.append(EOS_ID)
+      srcs.append(s)
+      tgts.append(t)
+  src, src_off = _flatten(srcs)
+  tgt, tgt_off = _flatten(tgts)
+  verb = "dropped" if overlong == "drop" else "truncated"
+  logging.info("%s: %d of %d pairs kept; %d empty pairs skipped; %d pairs longer than "
+               "max_length=%d tokens (EOS included) %s (config.overlong=%r).",
+               what or "examples", len(srcs), len(pairs), num_empty, num_long, max_length, verb,
+               overlong)
+  return Examples(src, src_off, tgt, tgt_off)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building one batch from example indices.
+
+
+def pad_batch(ex: Examples, indices: Sequence[int], length: int) -> dict[str, np.ndarray]:
+  """One example per row (index -1 = an all-PAD row), padded to `length`."""
+  rows = len(indices)
+  inputs = np.full((rows, length), PAD_ID, np.int32)
+  targets = np.full((rows, length), PAD_ID, np.int32)
+  for r, i in enumerate(indices):
+    if i < 0:
+      continue
+    s, t = ex.source(i), ex.target(i)
+    inputs[r, :len(s)] = s
+    targets[r, :len(t)] = t
+  return {"inputs": inputs, "targets": targets}
+
+
+def pack_batch(ex: Examples, rows: Sequence[Sequence[int]], num_rows: int,
+               length: int) -> dict[str, np.ndarray]:
+  """Several examples per row; rows beyond `len(rows)` are all PAD."""
+  out = {}
+  for key in ("inputs", "targets"):
+    out[key] = np.full((num_rows, length), PAD_ID, np.int32)
+    out[f"{key}_segmentation"] = np.zeros((num_rows, length), np.int32)
+    out[f"{key}_position"] = np.zeros((num_rows, length), np.int32)
+  arange = np.arange(length, dtype=np.int32)
+  for r, row in enumerate(rows):
+    for key, get in (("inputs", ex.source), ("targets", ex.target)):
+      pos = 0
+      ids, seg, position = out[key][r], out[f"{key}_segmentation"][r], out[f"{key}_position"][r]
+      for k, i in enumerate(row):
+        seq = get(i)
+        n = len(seq)
+        ids[pos:pos + n] = seq
+        seg[pos:pos + n] = k + 1
+        position[pos:pos + n] = arange[:n]
+        pos += n
+  return out
+
+
+def first_fit_decreasing(src_len: np.ndarray, tgt_len: np.ndarray, indices: np.ndarray,
+                         length: int) -> list[list[int]]:
+  """Packs examples into rows of `length` (both sides), longest first, each into the first row
+  where both its source and its target fit."""
+  order = indices[np.lexsort((-tgt_len[indices], -np.maximum(src_len, tgt_len)[indices]))]
+  free_s = np.empty(len(order), np.int64)
+  free_t = np.empty(len(order), np.int64)
+  rows: list[list[int]] = []
+  lo = 0   # rows before `lo` cannot take even the shortest remaining example
+  min_s, min_t = int(src_len[order].min()), int(tgt_len[order].min())
+  for i in order.tolist():
+    ls, lt = int(src_len[i]), int(tgt_len[i])
+    n = len(rows)
+    fit = np.flatnonzero((free_s[lo:n] >= ls) & (free_t[lo:n] >= lt)) if n > lo else ()
+    if len(fit):
+      r = lo + int(fit[0])
+      rows[r].append(i)
+      free_s[r] -= ls
+      free_t[r] -= lt
+    else:
+      rows.append([i])
+      free_s[n], free_t[n] = length - ls, length - lt
+    while lo < len(rows) and (free_s[lo] < min_s or free_t[lo] < min_t):
+      lo += 1
+  return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans: (epoch, window) -> list of batch specs; spec -> batch.
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+  return np.random.default_rng([int(seed) & 0xFFFFFFFF, *keys])
+
+
+class Plan:
+  """A training epoch as windows of batches; every batch a function of (seed, epoch, window, i)."""
+
+  kind = ""
+
+  def __init__(self, ex: Examples, seed: int):
+    if len(ex) == 0:
+      raise ValueError("No training examples are left after filtering: check the data, "
+                       "config.max_length and config.overlong.")
+    self.ex, self.seed = ex, int(seed)
+    self._perm_cache: tuple[int, np.ndarray] | None = None
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    if self._perm_cache is None or self._perm_cache[0] != epoch:
+      self._perm_cache = (epoch, _rng(self.seed, epoch, 1).permutation(len(self.ex)))
+    return self._perm_cache[1]
+
+  def num_windows(self, epoch: int) -> int:
+    raise NotImplementedError
+
+  def window(self, epoch: int, w: int) -> list[Any]:
+    raise NotImplementedError
+
+  def build(self, spec: Any) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+
+class PaddedPlan(Plan):
+  """`rows` shuffled examples per batch, padded to `length`."""
+
+  kind = "padded"
+  BATCHES_PER_WINDOW = 64
+
+  def __init__(self, ex, seed, *, rows: int, length: int):
+    super().__init__(ex, seed)
+    self.rows, self.length = rows, length
+    self._window_size = rows * self.BATCHES_PER_WINDOW
+
+  def num_windows(self, epoch):
+    return -(-len(self.ex) // self._window_size)
+
+  def window(self, epoch, w):
+    idx = self.permutation(epoch)[w * self._window_size:(w + 1) * self._window_size]
+    batches = []
+    for start in range(0, len(idx), self.rows):
+      chunk = idx[start:start + self.rows]
+      batches.append(np.pad(chunk, (0, self.rows - len(chunk)), constant_values=-1))
+    return batches
+
+  def build(self, spec):
+    return pad_batch(self.ex, spec, self.length)
+
+
+class TokenBudgetPlan(Plan):
+  """Length-bucketed batches under a token budget, planned over the whole split (all hosts)."""
+
+  kind = "tokens"
+
+  def __init__(self, ex, seed, *, buckets: Sequence[int], global_rows: dict[int, int],
+               process_index: int, process_count: int):
+    super().__init__(ex, seed)
+    self.buckets = np.asarray(sorted(buckets))
+    self.global_rows = global_rows
+    self.process_index, self.process_count = process_index, process_count
+    longest = np.maximum(ex.src_len, ex.tgt_len)
+    if longest.max() > self.buckets[-1]:
+      raise ValueError(f"An example of {longest.max()} tokens exceeds the largest length bucket "
+                       f"{self.buckets[-1]}.")
+    self.bucket_of = np.searchsorted(self.buckets, longest, side="left")
+    self._cache: tuple[int, list] | None = None
+
+  def num_windows(self, epoch):
+    return 1
+
+  def window(self, epoch, w):
+    if self._cache is not None and self._cache[0] == epoch:
+      return self._cache[1]
+    perm = self.permutation(epoch)
+    grouped = perm[np.argsort(self.bucket_of[perm], kind="stable")]
+    bounds = np.searchsorted(self.bucket_of[grouped], np.arange(len(self.buckets) + 1))
+    batches = []
+    for b, length in enumerate(self.buckets.tolist()):
+      members = grouped[bounds[b]:bounds[b + 1]]
+      rows = self.global_rows[length]
+      local = rows // self.process_count
+      for start in range(0, len(members), rows):
+        chunk = members[start:start + rows]
+        chunk = np.pad(chunk, (0, rows - len(chunk)), constant_values=-1)
+        mine = chunk[self.process_index * local:(self.process_index + 1) * local]
+        batches.append((length, mine))
+    order = _rng(self.seed, epoch, 2).permutation(len(batches))
+    batches = [batches[i] for i in order]
+    self._cache = (epoch, batches)
+    return batches
+
+  def build(self, spec):
+    length, indices = spec
+    return pad_batch(self.ex, indices, length)
+
+
+class PackedPlan(Plan):
+  """Windows of shuffled examples packed first-fit decreasing into rows, rows shuffled."""
+
+  kind = "packed"
+
+  def __init__(self, ex, seed, *, rows: int, length: int, window_size: int):
+    super().__init__(ex, seed)
+    self.rows, self.length = rows, length
+    self._window_size = max(int(window_size), 4 * rows)
+    longest = max(int(ex.src_len.max()), int(ex.tgt_len.max()))
+    if longest > length:
+      raise ValueError(f"An example of {longest} tokens does not fit a packed row of {length}.")
+    self._cache: tuple[tuple[int, int], list] | None = None
+
+  def num_windows(self, epoch):
+    return -(-len(self.ex) // self._window_size)
+
+  def window(self, epoch, w):
+    if self._cache is not None and self._cache[0] == (epoch, w):
+      return self._cache[1]
+    idx = self.permutation(epoch)[w * self._window_size:(w + 1) * self._window_size]
+    packed = first_fit_decreasing(self.ex.src_len, self.ex.tgt_len, idx, self.length)
+    order = _rng(self.seed, epoch, 3, w).permutation(len(packed))
+    packed = [packed[i] for i in order]
+    batches = [packed[s:s + self.rows] for s in range(0, len(packed), self.rows)]
+    self._cache = ((epoch, w), batches)
+    return batches
+
+  def build(self, spec):
+    return pack_batch(self.ex, spec, self.rows, self.length)
+
+
+# ---------------------------------------------------------------------------------------------
+# The grain iterator over a plan.
+
+
+class PlanIterDataset(grain.IterDataset):
+  """An endless grain IterDataset of the batches of `plan`, epoch after epoch."""
+
+  def __init__(self, plan: Plan):
+    super().__init__()
+    self._plan = plan
+
+  def __iter__(self) -> "PlanDatasetIterator":
+    return PlanDatasetIterator(self._plan)
+
+  def __str__(self) -> str:
+    return f"PlanIterDataset(batching={self._plan.kind})"
+
+
+class PlanDatasetIterator(grain.DatasetIterator):
+  """State: {"batching", "epoch", "window", "batch"}: the position of the next batch."""
+
+  def __init__(self, plan: Plan):
+    super().__init__()
+    self._plan = plan
+    self._epoch = self._window = self._batch = 0
+    self._specs: list | None = None
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    while True:
+      if self._specs is None:
+        self._specs = self._plan.window(self._epoch, self._window)
+      if self._batch < len(self._specs):
+        break
+      self._specs, self._batch = None, 0
+      self._window += 1
+      if self._window >= self._plan.num_windows(self._epoch):
+        self._epoch, self._window = self._epoch + 1, 0
+        logging.info("Input pipeline: epoch %d begins.", self._epoch)
+    spec = self._specs[self._batch]
+    self._batch += 1
+    return self._plan.build(spec)
+
+  def get_state(self) -> dict[str, Any]:
+    return {"batching": self._plan.kind, "epoch": self._epoch, "window": self._window,
+            "batch": self._batch}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if state.get("batching") != self._plan.kind:
+      raise ValueError(f"The saved input-pipeline state is for batching="
+                       f"{state.get('batching')!r}, this run uses {self._plan.kind!r}; restore "
+                       f"with the config the checkpoint was written with.")
+    self._epoch, self._window, self._batch = (int(state["epoch"]), int(state["window"]),
+                                              int(state["batch"]))
+    self._specs = None
+
+
+def default_buckets(max_length: int) -> list[int]:
+  """8, 16, 24, 32, 48, 64, 96, 128, 192, 256, ... below max_length, then max_length itself."""
+  candidates = [8, 16, 24] + [c for k in range(5, 20) for c in (2 ** k, 3 * 2 ** (k - 1))]
+  return [c for c in candidates if c < max_length] + [max_length]
