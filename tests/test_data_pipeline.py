@@ -1,0 +1,302 @@
+"""Batching: padded, token budget, packed; determinism, resume, hosts, eval batches, filtering."""
+
+import collections
+import itertools
+import logging as py_logging
+
+import grain
+import ml_collections
+import numpy as np
+import pytest
+
+from transformer.config import EOS_ID, PAD_ID
+from transformer.data import batching
+from transformer.data import pipeline
+from transformer.data import tokenizer as tokenizer_lib
+
+EN = "the a cat dog sat ran on under green old river field house tree small big".split()
+DE = "der die das Katze Hund saß lief auf unter grün alt Fluss Feld Haus Baum klein".split()
+DIGITS = "zero one two three four five six seven eight nine".split()
+N = 240
+
+
+def sentence(rng, words, i):
+  """Random words of varied length, ending in the digits of i (so every source is unique)."""
+  body = list(rng.choice(words, size=int(rng.integers(1, 14))))
+  return " ".join(body + [DIGITS[int(d)] for d in str(i)])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("corpus")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", N), ("validation", 37)):
+    en = [sentence(rng, EN, i) for i in range(n)]
+    de = [sentence(rng, DE, i) for i in range(n)]
+    (d / f"{split}.en").write_text("\n".join(en) + "\n", encoding="utf-8")
+    (d / f"{split}.de").write_text("\n".join(de) + "\n", encoding="utf-8")
+  return d
+
+
+@pytest.fixture(scope="module")
+def tok(data_dir):
+  text = (data_dir / "train.en").read_text().split("\n") + (data_dir / "train.de").read_text(
+  ).split("\n")
+  return tokenizer_lib.train_tokenizer(text, vocab_size=60)
+
+
+def make_config(data_dir, **overrides):
+  config = ml_collections.ConfigDict(dict(
+      dataset="text", tfds_name="", tfds_data_dir="", data_dir=str(data_dir), source_lang="en",
+      target_lang="de", train_split="train", eval_split="validation", test_split="test",
+      max_length=48, overlong="drop", batching="padded", batch_size=16, tokens_per_batch=384,
+      length_buckets="", pack_window=64, eval_batch_size=16, prefetch=2, seed=0))
+  config.update(overrides)
+  return config
+
+
+def pairs_in(batch):
+  """The (source ids, target ids) pairs a batch holds, EOS included."""
+  out = []
+  if "inputs_segmentation" in batch:
+    for r in range(batch["inputs"].shape[0]):
+      for seg in range(1, batch["inputs_segmentation"][r].max() + 1):
+        s = batch["inputs"][r][batch["inputs_segmentation"][r] == seg]
+        t = batch["targets"][r][batch["targets_segmentation"][r] == seg]
+        out.append((tuple(s.tolist()), tuple(t.tolist())))
+  else:
+    for s, t in zip(batch["inputs"], batch["targets"]):
+      if s[0] != PAD_ID:
+        out.append((tuple(s[s != PAD_ID].tolist()), tuple(t[t != PAD_ID].tolist())))
+  return out
+
+
+def expected_pairs(config, tok):
+  ex = batching.encode_examples(pipeline.load_pairs(config, "train"), tok,
+                                max_length=config.max_length, overlong=config.overlong)
+  return collections.Counter((tuple(ex.source(i).tolist()), tuple(ex.target(i).tolist()))
+                             for i in range(len(ex)))
+
+
+def epochs(it, k):
+  """The batches of the first k epochs, grouped by epoch (the state says which)."""
+  out = [[] for _ in range(k)]
+  while True:
+    batch = next(it)
+    epoch = it.get_state()["epoch"]
+    if epoch >= k:
+      return out
+    out[epoch].append(batch)
+
+
+def one_epoch(it):
+  return epochs(it, 1)[0]
+
+
+MODES = ("padded", "tokens", "packed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_epoch_covers_every_pair_once(data_dir, tok, mode):
+  config = make_config(data_dir, batching=mode)
+  batches = one_epoch(pipeline.make_train_iterator(config, tok))
+  got = collections.Counter(p for b in batches for p in pairs_in(b))
+  assert got == expected_pairs(config, tok)
+  for b in batches:
+    assert all(v.dtype == np.int32 for v in b.values())
+    for key in ("inputs", "targets"):
+      x = b[key]
+      lengths = (x != PAD_ID).sum(axis=1)
+      # EOS ends every (first) sequence and nothing but PAD follows the content.
+      for row, n in zip(x, lengths):
+        assert np.all(row[n:] == PAD_ID)
+        if n:
+          assert row[n - 1] == EOS_ID
+
+
+def test_padded_shape(data_dir, tok):
+  it = pipeline.make_train_iterator(make_config(data_dir), tok)
+  for b in itertools.islice(it, 20):
+    assert set(b) == {"inputs", "targets"}
+    assert b["inputs"].shape == b["targets"].shape == (16, 48)
+
+
+def test_token_budget_and_buckets(data_dir, tok):
+  config = make_config(data_dir, batching="tokens", length_buckets="8,16,24")
+  buckets = pipeline.length_buckets(config)
+  assert buckets == [8, 16, 24, 48]
+  it = pipeline.make_train_iterator(config, tok, row_multiple=4)
+  shapes = set()
+  for b in one_epoch(it):
+    rows, length = b["inputs"].shape
+    assert b["targets"].shape == (rows, length) and set(b) == {"inputs", "targets"}
+    assert length in buckets and rows % 4 == 0
+    assert rows * length <= config.tokens_per_batch
+    # Each pair lies in the smallest bucket that holds it.
+    longest = max((b["inputs"] != PAD_ID).sum(1).max(), (b["targets"] != PAD_ID).sum(1).max())
+    assert longest <= length and (length == buckets[0] or
+                                  longest > buckets[buckets.index(length) - 1])
+    shapes.add((rows, length))
+  assert len(shapes) > 1 and len(shapes) <= len(buckets)
+  with pytest.raises(ValueError, match="tokens_per_batch=40 cannot hold"):
+    pipeline.make_train_iterator(make_config(data_dir, batching="tokens", tokens_per_batch=40),
+                                 tok)
+
+
+def test_packing_keeps_segments_apart_and_positions_restart(data_dir, tok):
+  config = make_config(data_dir, batching="packed")
+  batches = one_epoch(pipeline.make_train_iterator(config, tok))
+  assert len(batches) >= 2
+  multi = 0
+  for b in batches:
+    assert b["inputs"].shape == (16, 48) and len(b) == 6
+    for key in ("inputs", "targets"):
+      ids, seg, pos = b[key], b[f"{key}_segmentation"], b[f"{key}_position"]
+      assert np.all((ids == PAD_ID) == (seg == 0)) and np.all(pos[seg == 0] == 0)
+      for r in range(ids.shape[0]):
+        n = int((seg[r] > 0).sum())
+        assert np.all(seg[r, n:] == 0)                 # padding only at the end
+        segs = seg[r, :n]
+        assert np.all(np.diff(segs) >= 0) and np.all(np.diff(segs) <= 1)
+        for s in range(1, segs.max(initial=0) + 1):
+          where = np.flatnonzero(segs == s)
+          np.testing.assert_array_equal(pos[r, where], np.arange(len(where)))
+          assert ids[r, where[-1]] == EOS_ID           # each segment is one EOS-ended sequence
+          assert np.sum(ids[r, where] == EOS_ID) == 1
+        multi += segs.max(initial=0) > 1
+    # Source and target of a pair have the same segment id in a row.
+    assert np.array_equal(b["inputs_segmentation"].max(1), b["targets_segmentation"].max(1))
+  assert multi > 0
+
+
+def test_packing_is_dense():
+  rng = np.random.default_rng(0)
+  src_len, tgt_len = rng.integers(2, 30, 2000), rng.integers(2, 30, 2000)
+  rows = batching.first_fit_decreasing(src_len, tgt_len, np.arange(2000), 64)
+  assert sorted(i for r in rows for i in r) == list(range(2000))
+  for r in rows:
+    assert src_len[r].sum() <= 64 and tgt_len[r].sum() <= 64
+  assert (src_len.sum() + tgt_len.sum()) / (2 * 64 * len(rows)) > 0.9
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_same_seed_same_batches_and_epochs_reshuffle(data_dir, tok, mode):
+  def first(seed, n=12):
+    it = pipeline.make_train_iterator(make_config(data_dir, batching=mode, seed=seed), tok)
+    return [b["inputs"] for b in itertools.islice(it, n)]
+  a, b, c = first(0), first(0), first(1)
+  assert all(np.array_equal(x, y) for x, y in zip(a, b))
+  assert not all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, c))
+  it = pipeline.make_train_iterator(make_config(data_dir, batching=mode), tok)
+  e0, e1 = epochs(it, 2)
+  assert collections.Counter(p for b in e0 for p in pairs_in(b)) == collections.Counter(
+      p for b in e1 for p in pairs_in(b))
+  assert not np.array_equal(e0[0]["inputs"], e1[0]["inputs"]) or \
+      not np.array_equal(e0[1]["inputs"], e1[1]["inputs"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_restored_iterator_continues_exactly(data_dir, tok, mode):
+  config = make_config(data_dir, batching=mode)
+  it = pipeline.make_train_iterator(config, tok)
+  for _ in range(23):                  # across an epoch boundary for every mode
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(30)]
+  restored = pipeline.make_train_iterator(config, tok)
+  next(restored)                       # a fresh iterator already moved on: set_state rewinds
+  restored.set_state(state)
+  for want in expected:
+    got = next(restored)
+    assert set(got) == set(want)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  with pytest.raises(ValueError, match="restore with the config"):
+    restored.set_state({**state, "batching": "other"})
+
+
+def test_restore_through_orbax_and_grain_checkpoint(data_dir, tok, tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  config = make_config(data_dir, batching="packed")
+  it = pipeline.make_train_iterator(config, tok)
+  for _ in range(7):
+    next(it)
+  with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+    mngr.save(7, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+    mngr.wait_until_finished()
+  expected = [next(it) for _ in range(5)]
+  restored = pipeline.make_train_iterator(config, tok)
+  with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+    mngr.restore(7, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(restored)))
+  for want in expected:
+    np.testing.assert_array_equal(next(restored)["inputs"], want["inputs"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_hosts_cover_each_pair_once_per_epoch(data_dir, tok, mode):
+  config = make_config(data_dir, batching=mode)
+  hosts = [pipeline.make_train_iterator(config, tok, process_index=i, process_count=2,
+                                        row_multiple=2) for i in range(2)]
+  epochs = [one_epoch(it) for it in hosts]
+  got = collections.Counter(p for host in epochs for b in host for p in pairs_in(b))
+  assert got == expected_pairs(config, tok)
+  for host in epochs:
+    for b in host:
+      assert b["inputs"].shape[0] % 2 == 0
+      if mode != "tokens":
+        assert b["inputs"].shape == (8, 48)           # batch_size 16 global -> 8 per host
+  if mode == "tokens":                                # every step has one global shape
+    assert len(epochs[0]) == len(epochs[1])
+    for a, b in zip(*epochs):
+      assert a["inputs"].shape == b["inputs"].shape
+      assert 2 * a["inputs"].size <= config.tokens_per_batch
+
+
+def test_eval_batches_hold_every_pair_once_in_file_order(data_dir, tok):
+  config = make_config(data_dir, eval_batch_size=16, max_length=12)
+  pairs = pipeline.load_pairs(config, "validation")
+  batches = pipeline.make_eval_batches(config, tok, "validation", row_multiple=3)
+  assert [b["inputs"].shape for b in batches] == [(15, 12), (15, 12), (9, 12)]
+  rows = [r for b in batches for r in b["inputs"]]
+  texts = [tok.decode(r) for r in rows if r[0] != PAD_ID]
+  assert len(texts) == len(pairs) == 37
+  for (src, _), text in zip(pairs, texts):     # overlong sources are truncated, not dropped
+    assert src.startswith(text) and text
+  assert all(np.all(r == PAD_ID) for r in rows[37:])
+  assert len(pipeline.make_eval_batches(config, tok, "validation", num_batches=1)) == 1
+
+
+def test_eval_batches_on_two_hosts(data_dir, tok):
+  config = make_config(data_dir, eval_batch_size=8)
+  hosts = [pipeline.make_eval_batches(config, tok, "validation", process_index=i,
+                                      process_count=2, row_multiple=2) for i in range(2)]
+  assert [b["inputs"].shape for b in hosts[0]] == [b["inputs"].shape for b in hosts[1]]
+  sources = [tuple(r[r != PAD_ID]) for h in hosts for b in h for r in b["inputs"] if r[0]]
+  expected = [tuple(tok.encode(s) + [EOS_ID]) for s, _ in pipeline.load_pairs(config,
+                                                                               "validation")]
+  assert sorted(sources) == sorted(expected)
+
+
+def test_overlong_and_empty_pairs_are_counted(data_dir, tok, tmp_path, caplog):
+  (tmp_path / "train.en").write_text("a cat\n\nthe dog ran\n" + "big " * 40 + "\n")
+  (tmp_path / "train.de").write_text("die Katze\nder Hund\n\nalt\n")
+  pairs = pipeline.load_pairs(make_config(tmp_path), "train")
+  with caplog.at_level(py_logging.INFO):
+    dropped = batching.encode_examples(pairs, tok, max_length=10, overlong="drop", what="t")
+  assert len(dropped) == 1
+  assert "1 of 4 pairs kept; 2 empty pairs skipped; 1 pairs longer than max_length=10" in \
+      caplog.text and "dropped" in caplog.text
+  caplog.clear()
+  with caplog.at_level(py_logging.INFO):
+    cut = batching.encode_examples(pairs, tok, max_length=10, overlong="truncate")
+  assert len(cut) == 2 and cut.src_len.max() == 10 and cut.source(1)[-1] == EOS_ID
+  assert "truncated" in caplog.text
+  with pytest.raises(ValueError, match="config.overlong='cut' is unknown"):
+    pipeline.make_train_iterator(make_config(data_dir, overlong="cut"), tok)
+  with pytest.raises(ValueError, match="config.batching='bucket' is unknown"):
+    pipeline.make_train_iterator(make_config(data_dir, batching="bucket"), tok)
+
+
+def test_row_multiple_rounds_rows(data_dir, tok):
+  it = pipeline.make_train_iterator(make_config(data_dir, batch_size=16), tok, row_multiple=3)
+  assert next(it)["inputs"].shape == (15, 48)
