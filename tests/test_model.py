@@ -25,16 +25,16 @@ def _tokens(seed, shape, pad_from=None):
 
 
 def _logits(params, inputs, targets, cfg=CFG, **kwargs):
-  return Transformer(cfg.replace(deterministic=True)).apply({"params": params}, inputs, targets,
-                                                            **kwargs)
+  apply = jax.jit(Transformer(cfg.replace(deterministic=True)).apply)
+  return apply({"params": params}, inputs, targets, **kwargs)
 
 
 def test_shapes_and_training_mode_dropout(params):
   inputs, targets = _tokens(0, (3, 9)), _tokens(1, (3, 7))
   logits = _logits(params, inputs, targets)
   assert logits.shape == (3, 7, CFG.vocab_size) and logits.dtype == jnp.float32
-  train = Transformer(CFG).apply({"params": params}, inputs, targets,
-                                 rngs={"dropout": jax.random.key(1)})
+  train = jax.jit(Transformer(CFG).apply)({"params": params}, inputs, targets,
+                                          rngs={"dropout": jax.random.key(1)})
   assert not np.allclose(train, logits)  # Dropout is active in training mode.
   encoded = Transformer(CFG.replace(deterministic=True)).apply(
       {"params": params}, inputs, method=Transformer.encode)
@@ -62,10 +62,9 @@ def test_extra_source_padding_changes_nothing(params):
   padded = jnp.pad(inputs, ((0, 0), (0, 7)))
   np.testing.assert_allclose(_logits(params, inputs, targets),
                              _logits(params, padded, targets), atol=1e-5)
-  encoded = Transformer(CFG.replace(deterministic=True)).apply(
-      {"params": params}, padded, method=Transformer.encode)
-  short = Transformer(CFG.replace(deterministic=True)).apply(
-      {"params": params}, inputs, method=Transformer.encode)
+  encode = jax.jit(lambda x: Transformer(CFG.replace(deterministic=True)).apply(
+      {"params": params}, x, method=Transformer.encode))
+  encoded, short = encode(padded), encode(inputs)
   np.testing.assert_allclose(encoded[:, :6], short, atol=1e-5)
 
 
