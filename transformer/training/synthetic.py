@@ -8,6 +8,8 @@ DatasetIterator, checkpointable like the real pipeline's.
 
 from __future__ import annotations
 
+import time
+
 import grain
 import numpy as np
 
@@ -32,13 +34,19 @@ def make_batch(index: int, *, rows: int, length: int, vocab_size: int, seed: int
 
 
 def make_train_iterator(*, rows: int, length: int, vocab_size: int, seed: int = 0,
-                        process_index: int = 0, process_count: int = 1, full: bool = False):
-  """An endless checkpointable iterator of this host's rows of the global batches."""
+                        process_index: int = 0, process_count: int = 1, full: bool = False,
+                        delay: float = 0.0):
+  """An endless checkpointable iterator of this host's rows of the global batches.
+
+  `delay` seconds of sleep per batch simulate a slow input (tests kill runs mid-way with it).
+  """
   if rows % process_count:
     raise ValueError(f"rows={rows} cannot be split over {process_count} hosts.")
   local = rows // process_count
 
   def host_rows(index):
+    if delay:
+      time.sleep(delay)
     batch = make_batch(int(index), rows=rows, length=length, vocab_size=vocab_size, seed=seed,
                        full=full)
     return {k: v[process_index * local:(process_index + 1) * local] for k, v in batch.items()}

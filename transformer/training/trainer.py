@@ -155,6 +155,11 @@ class _MetricsBuffer:
     return out
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _evaluate(eval_fn, params, batches: list[dict], mesh) -> dict | None:
   sums = None
   for batch in batches:
@@ -255,7 +260,6 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
         logging.info("First step (compilation included) took %.1f s",
                      time.perf_counter() - interval_start)
         interval_start, interval_steps = time.perf_counter(), 0
-        buffer.fetch()  # checks the first loss
 
       is_last = step == num_steps
       log_now = step % config.log_every_steps == 0 or is_last
@@ -282,6 +286,8 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
                           tok_s=f"{train.get('tokens_per_sec', 0):,.0f}", refresh=False)
           interval_start, interval_steps = time.perf_counter(), 0
       if save_now:
+        if not bool(_all_finite(state.params)):
+          raise FloatingPointError(f"Parameters became NaN or Inf by step {step}; stopping.")
         checkpointer.save(step, state, train_iter if data.checkpointable else None, model_config)
         last_saved = step
       if config.eval_every_steps and data.eval_batches and (

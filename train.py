@@ -1,0 +1,53 @@
+"""Trains the Transformer: `python train.py --config=configs/wmt14_ende_base.py --workdir=DIR`.
+
+With no flags it trains the tiny default (configs/default.py) on the built-in task. Override any
+config key with `--config.KEY=VALUE` (for example `--config.num_train_steps=500`). Running the
+same command again resumes from the latest checkpoint in the workdir.
+
+Several hosts: run the same command on every host with `--distributed` (TPU VMs and clusters
+that jax.distributed detects by itself), or give `--coordinator_address`, `--num_processes` and
+`--process_id` explicitly.
+"""
+
+import os
+import time
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from transformer.training.trainer import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
+    "Run config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and results (default: "
+    "runs/<config name>-<time>, printed at the start).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  workdir = _WORKDIR.value
+  if workdir is None:
+    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+    name = os.path.splitext(os.path.basename(config_file))[0]
+    workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+  if jax.process_index() == 0:
+    print(f"Workdir: {os.path.abspath(workdir)}", flush=True)
+  train_and_evaluate(_CONFIG.value, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
