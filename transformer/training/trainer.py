@@ -23,7 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from transformer.config import PAD_ID
+from transformer.data import pipeline
 from transformer.training import sharding
 from transformer.training.checkpointing import Checkpointer, PreemptionWatcher
 from transformer.training.flops import peak_flops_per_device, train_step_flops
@@ -58,7 +58,6 @@ class TrainingData:
 
 def pipeline_data(config, workdir: str) -> TrainingData:
   """The data pipeline's tokenizer, training iterator and validation batches for `config`."""
-  from transformer.data import pipeline  # pylint: disable=g-import-not-at-top
   tokenizer = pipeline.get_tokenizer(config, workdir)
   row_multiple = jax.local_device_count()
   train_iter = pipeline.make_train_iterator(
