@@ -1,0 +1,75 @@
+"""The paper's base model on WMT 2014 English-to-German (§5, Table 3 "base"): 100k steps.
+
+    python train.py --config=configs/wmt14_ende_base.py --workdir=runs/base
+
+Batches of about 25,000 source + 25,000 target tokens (§5.1). On fewer or smaller devices keep
+that size with gradient accumulation: `--config=configs/wmt14_ende_base.py:4` reads batches of
+25,000 / 4 tokens and applies the update every 4 of them (any divisor works the same way).
+The dataset must be prepared once (docs/data.md):
+`tfds build wmt14_translate --config=de-en --file_format=array_record`.
+"""
+
+import importlib.util
+import os
+
+
+def _default_config():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
+  spec = importlib.util.spec_from_file_location("_default_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config(grad_accum_steps="1"):
+  config = _default_config()
+  accum = int(grad_accum_steps or 1)
+
+  # Data: tfds wmt14_translate/de-en read as en -> de; newstest2013 validates, newstest2014 tests.
+  config.dataset = "tfds"
+  config.tfds_name = "wmt14_translate/de-en"
+  config.source_lang = "en"
+  config.target_lang = "de"
+  config.train_split = "train"
+  config.eval_split = "validation"      # newstest2013
+  config.test_split = "test"            # newstest2014
+  config.vocab_size = 37000             # §5.1: shared source-target BPE vocabulary of ~37000
+  config.tokenizer_model = "bpe"
+  config.tokenizer_sample_sentences = 1_000_000
+  config.max_length = 256
+  config.overlong = "drop"
+  config.batching = "tokens"            # §5.1: batched by approximate sequence length
+  config.tokens_per_batch = 25_000 // accum
+  config.eval_batch_size = 128
+  config.num_eval_batches = 0           # the whole of newstest2013
+
+  # Model: Table 3 "base", shared embeddings (§3.4).
+  config.model.update(
+      d_model=512, d_ff=2048, num_heads=8, num_encoder_layers=6, num_decoder_layers=6,
+      dropout_rate=0.1, attention_dropout_rate=0.0, share_embeddings=True,
+      positional_encoding="sinusoidal", norm_order="post", attention_impl="dot_product",
+      dtype="bfloat16", param_dtype="float32")
+
+  # Optimization: §5.3 Adam(0.9, 0.98, 1e-9), lr = d_model^-0.5 min(step^-0.5, step 4000^-1.5).
+  config.schedule = "paper"
+  config.learning_rate = 1.0
+  config.warmup_steps = 4000
+  config.adam_b1, config.adam_b2, config.adam_eps = 0.9, 0.98, 1e-9
+  config.weight_decay = 0.0
+  config.grad_clip_norm = 0.0
+  config.grad_accum_steps = accum
+  config.label_smoothing = 0.1          # §5.4
+
+  # The run: 100k steps (12 hours on 8 P100s in the paper).
+  config.num_train_steps = 100_000
+  config.log_every_steps = 100
+  config.eval_every_steps = 5000
+  config.checkpoint_every_steps = 2000
+  config.keep_checkpoints = 5           # §6.1 averages the last 5 checkpoints
+  config.parallelism = "data"
+
+  # Decoding: §6.1 beam 4, length penalty 0.6, max length input + 50.
+  config.beam_size = 4
+  config.length_penalty = 0.6
+  config.max_decode_extra = 50
+  return config
