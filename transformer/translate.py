@@ -1,0 +1,117 @@
+"""Translates text files: `python -m transformer.translate --workdir=DIR [--input=F] [--output=F]`.
+
+Source lines come from --input (or stdin), translations go to --output (or stdout): exactly one
+output line per input line, in order. Lines are batched by length (transformer/translator.py).
+
+  --checkpoint=latest|best|averaged|STEP|DIR   which parameters (default latest)
+  --beam_size=4 --alpha=0.6                     §6.1 (defaults from the run config)
+
+Bad input: an empty line gives an empty line; a line longer than the model's max_len is
+truncated, with a warning naming the line numbers; bytes that are not UTF-8 are replaced by
+U+FFFD, with a warning naming the lines. A workdir without checkpoint or tokenizer is an error
+that says how to make them. A progress bar is shown on stderr when writing to a file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from transformer import translator as translator_lib
+from transformer.translator import WorkdirError, line_list
+
+
+def read_lines(data: bytes) -> tuple[list[str], list[int]]:
+  """Lines of `data` (\\n or \\r\\n ends; a last line without \\n counts) and the 1-based numbers
+  of lines that were not valid UTF-8 (their bad bytes become U+FFFD)."""
+  if data.startswith(b"\xef\xbb\xbf"):
+    data = data[3:]
+  raw = data.split(b"\n")
+  if raw and raw[-1] == b"":
+    raw.pop()
+  lines, invalid = [], []
+  for number, line in enumerate(raw, start=1):
+    if line.endswith(b"\r"):
+      line = line[:-1]
+    try:
+      lines.append(line.decode("utf-8"))
+    except UnicodeDecodeError:
+      lines.append(line.decode("utf-8", errors="replace"))
+      invalid.append(number)
+  return lines, invalid
+
+
+def one_line(text: str) -> str:
+  """A translation as one output line (no line breaks inside)."""
+  return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (tokenizer and checkpoints).")
+_INPUT = flags.DEFINE_string("input", None, "Source text file, one sentence a line (default stdin).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the translations (default stdout).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "latest", "latest | best | averaged | a step | a checkpoint directory.")
+_BEAM = flags.DEFINE_integer("beam_size", None, "Beam size; 1 = greedy (default: run config, 4).")
+_ALPHA = flags.DEFINE_float("alpha", None, "Length penalty alpha (default: run config, 0.6).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Sentences per batch.")
+_MAX_EXTRA = flags.DEFINE_integer("max_extra", None,
+                                  "Output limit = input length + this (default: run config, 50).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required.")
+  if _INPUT.value and not os.path.isfile(_INPUT.value):
+    print(f"Error: --input={_INPUT.value} is not a file.", file=sys.stderr)
+    sys.exit(1)
+  try:
+    translator, info = translator_lib.translator_from_workdir(
+        _WORKDIR.value, _CHECKPOINT.value, beam_size=_BEAM.value, alpha=_ALPHA.value,
+        batch_size=_BATCH.value, max_extra=_MAX_EXTRA.value)
+  except (WorkdirError, ValueError) as e:
+    print(f"Error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+  if _INPUT.value:
+    with open(_INPUT.value, "rb") as f:
+      data = f.read()
+  else:
+    data = sys.stdin.buffer.read()
+  lines, invalid = read_lines(data)
+  if invalid:
+    logging.warning("%d line(s) are not valid UTF-8; the bad bytes were replaced by U+FFFD: "
+                    "line(s) %s.", len(invalid), line_list(invalid))
+  logging.info("Translating %d lines with %s, beam %d, alpha %g.", len(lines), info.describe(),
+               translator.beam_size, translator.alpha)
+
+  bar = None
+  if _OUTPUT.value:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(total=len(lines), unit="line", file=sys.stderr, dynamic_ncols=True)
+  start = time.perf_counter()
+  try:
+    translations = translator.translate(lines, progress=bar.update if bar else None)
+  finally:
+    if bar is not None:
+      bar.close()
+  seconds = time.perf_counter() - start
+  assert len(translations) == len(lines)
+
+  text = "".join(one_line(t) + "\n" for t in translations)
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+      f.write(text)
+  else:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+  logging.info("Translated %d lines in %.1f s (%.1f lines/s).", len(lines), seconds,
+               len(lines) / seconds if seconds > 0 else 0.0)
+
+
+if __name__ == "__main__":
+  app.run(main)
