@@ -21,27 +21,32 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
+from transformer.training import synthetic, trainer
+from transformer.training.validation import default_config
 
-def tiny_run_config(args):
-  """configs/default.py with a tiny model and the sizes from `args`."""
-  from transformer.training.validation import default_config  # pylint: disable=g-import-not-at-top
+
+def tiny_run_config(*, steps: int = 12, rows: int = 8, length: int = 12, vocab_size: int = 48,
+                    checkpoint_every: int = 3, parallelism: str = "data",
+                    grad_accum_steps: int = 1):
+  """configs/default.py with a tiny model (d_model 32, one layer each side), logging every step."""
   config = default_config()
   config.model.update(d_model=32, d_ff=64, num_heads=2, num_encoder_layers=1,
                       num_decoder_layers=1, dropout_rate=0.1)
-  config.vocab_size = args.vocab_size
-  config.max_length = args.length
-  config.batch_size = args.rows
-  config.num_train_steps = args.steps
+  config.vocab_size = vocab_size
+  config.max_length = length
+  config.batch_size = rows
+  config.num_train_steps = steps
   config.log_every_steps = 1
   config.eval_every_steps = 0
-  config.checkpoint_every_steps = args.checkpoint_every
+  config.checkpoint_every_steps = checkpoint_every
   config.keep_checkpoints = 100
   config.warmup_steps = 4
   config.learning_rate = 2.0
-  config.parallelism = args.parallelism
-  config.grad_accum_steps = args.grad_accum_steps
+  config.parallelism = parallelism
+  config.grad_accum_steps = grad_accum_steps
   return config
 
 
@@ -67,11 +72,12 @@ def main(argv=None):
   if args.coordinator_address:
     jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                num_processes=args.num_processes, process_id=args.process_id)
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  from transformer.training import synthetic, trainer  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)
 
-  config = tiny_run_config(args)
+  config = tiny_run_config(
+      steps=args.steps, rows=args.rows, length=args.length, vocab_size=args.vocab_size,
+      checkpoint_every=args.checkpoint_every, parallelism=args.parallelism,
+      grad_accum_steps=args.grad_accum_steps)
   it = synthetic.make_train_iterator(
       rows=args.rows, length=args.length, vocab_size=args.vocab_size, seed=0,
       process_index=jax.process_index(), process_count=jax.process_count(),

@@ -1,0 +1,85 @@
+"""Checkpoints: the data position travels with the state; broken or partial saves are skipped."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import logging
+
+from transformer.config import TransformerConfig
+from transformer.training import synthetic
+from transformer.training.checkpointing import Checkpointer, ModelMismatchError
+
+
+def _state(value):
+  return {"w": jnp.full((4, 3), value, jnp.float32), "step": jnp.asarray(int(value), jnp.int32)}
+
+
+def _abstract():
+  return jax.eval_shape(lambda: _state(0.0))
+
+
+def _iterator():
+  return synthetic.make_train_iterator(rows=2, length=5, vocab_size=20)
+
+
+def _save_steps(workdir, steps, model_config=None):
+  ckpt = Checkpointer(workdir, keep=5)
+  it = _iterator()
+  for step in steps:
+    for _ in range(step - (ckpt.latest_step() or 0)):
+      next(it)
+    ckpt.save(step, _state(float(step)), it, model_config)
+    ckpt.wait()
+  ckpt.close()
+
+
+def test_restore_continues_the_data_stream_exactly(tmp_path):
+  _save_steps(str(tmp_path), [3])
+  it = _iterator()
+  state, step = Checkpointer(str(tmp_path)).restore_latest(_abstract(), it)
+  assert step == 3 and float(state["w"][0, 0]) == 3.0
+  expected = synthetic.make_batch(3, rows=2, length=5, vocab_size=20, seed=0)
+  np.testing.assert_array_equal(next(it)["inputs"], expected["inputs"])
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  workdir = str(tmp_path)
+  _save_steps(workdir, [2, 4])
+  state_dir = os.path.join(workdir, "checkpoints", "4", "state")
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(max(os.path.getsize(f.name) // 3, 1) - 1)
+  it = _iterator()
+  logging.get_absl_handler()  # make sure absl's logger propagates to caplog
+  with caplog.at_level("WARNING"):
+    state, step = Checkpointer(workdir).restore_latest(_abstract(), it)
+  assert step == 2 and float(state["w"][0, 0]) == 2.0
+  assert "Checkpoint of step 4" in caplog.text and "cannot be read" in caplog.text
+  broken = os.listdir(os.path.join(workdir, "checkpoints_broken"))
+  assert len(broken) == 1 and broken[0].startswith("4-")  # moved aside, not deleted
+  assert Checkpointer(workdir).all_steps() == [2]
+
+
+def test_an_interrupted_save_is_ignored(tmp_path):
+  workdir = str(tmp_path)
+  _save_steps(workdir, [2])
+  # What a kill during the save of step 5 leaves: a temporary directory, never renamed.
+  os.makedirs(os.path.join(workdir, "checkpoints", "5.orbax-checkpoint-tmp", "state"))
+  state, step = Checkpointer(workdir).restore_latest(_abstract(), _iterator())
+  assert step == 2 and float(state["w"][0, 0]) == 2.0
+
+
+def test_resuming_with_another_model_shape_says_so(tmp_path):
+  saved = TransformerConfig(vocab_size=100, d_model=32, d_ff=64, num_heads=2, max_len=16)
+  _save_steps(str(tmp_path), [1], model_config=saved)
+  other = saved.replace(d_model=64)
+  with pytest.raises(ModelMismatchError, match=r"d_model: checkpoint 32, this config 64"):
+    Checkpointer(str(tmp_path)).restore_latest(_abstract(), _iterator(), other)
+  # Dropout or dtype changes are not shape changes.
+  state, step = Checkpointer(str(tmp_path)).restore_latest(
+      _abstract(), _iterator(), saved.replace(dropout_rate=0.3, dtype="bfloat16"))
+  assert step == 1

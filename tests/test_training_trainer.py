@@ -1,0 +1,75 @@
+"""train_and_evaluate in this process: a tiny model on a synthetic copy task."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from transformer.training import synthetic, trainer
+from transformer.training.checkpointing import ModelMismatchError
+from transformer.training.smoke import tiny_run_config
+from transformer.training.writers import read_metrics
+
+VOCAB, ROWS, LENGTH = 48, 8, 12
+
+
+def _data(eval_batches=1):
+  return trainer.TrainingData(
+      vocab_size=VOCAB,
+      train_iter=synthetic.make_train_iterator(rows=ROWS, length=LENGTH, vocab_size=VOCAB),
+      eval_batches=synthetic.make_eval_batches(num_batches=eval_batches, rows=ROWS,
+                                               length=LENGTH, vocab_size=VOCAB))
+
+
+def test_a_few_steps_lower_the_loss_and_write_what_users_read(tmp_path):
+  config = tiny_run_config(steps=30, checkpoint_every=10)
+  config.model.dropout_rate = 0.0
+  config.eval_every_steps = 15
+  workdir = str(tmp_path)
+  state = trainer.train_and_evaluate(config, workdir, data=_data())
+  assert int(state.step) == 30
+
+  train = read_metrics(workdir, "train")
+  assert [r["step"] for r in train] == list(range(1, 31))
+  first, last = np.mean([r["loss"] for r in train[:3]]), np.mean([r["loss"] for r in train[-3:]])
+  assert last < first - 0.3, (first, last)
+  for key in ("loss", "nll", "accuracy", "perplexity", "learning_rate", "tokens_per_sec"):
+    assert key in train[-1]
+  evals = read_metrics(workdir, "eval")
+  assert [r["step"] for r in evals] == [15, 30]
+  assert all(np.isfinite(r["nll"]) and 0 <= r["accuracy"] <= 1 for r in evals)
+
+  assert os.listdir(os.path.join(workdir, "tensorboard"))[0].startswith("events.out.tfevents")
+  with open(os.path.join(workdir, "config.json")) as f:
+    resolved = json.load(f)
+  assert resolved["model"]["vocab_size"] == VOCAB and resolved["model"]["max_len"] == LENGTH
+  assert resolved["config"]["num_train_steps"] == 30
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [10, 20, 30]
+
+  # Resuming a finished run does nothing but load it; another model shape is refused plainly.
+  config.model.d_model = 64
+  with pytest.raises(ModelMismatchError, match=r"d_model: checkpoint 32, this config 64"):
+    trainer.train_and_evaluate(config, workdir, data=_data())
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_run_config(steps=10, checkpoint_every=1)
+  config.learning_rate = 1e30  # the first update blows the parameters up
+  config.schedule = "constant"
+  with pytest.raises(FloatingPointError) as error:
+    trainer.train_and_evaluate(config, str(tmp_path), data=_data(eval_batches=0))
+  message = str(error.value)
+  assert "at step 2" in message or "by step 1" in message, message
+  assert "last good checkpoint" in message
+  steps = sorted(int(s) for s in os.listdir(os.path.join(str(tmp_path), "checkpoints")))
+  assert max(steps, default=0) <= 1
+
+
+def test_gradient_accumulation_reads_k_batches_per_step(tmp_path):
+  config = tiny_run_config(steps=2, checkpoint_every=0, grad_accum_steps=3)
+  data = _data(eval_batches=0)
+  state = trainer.train_and_evaluate(config, str(tmp_path), data=data)
+  assert int(state.step) == 6  # batches consumed
+  assert data.train_iter.get_state()["next_index"] == 6
+  assert [r["step"] for r in read_metrics(str(tmp_path), "train")] == [1, 2]
