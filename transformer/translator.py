@@ -87,10 +87,11 @@ def _rows_for(count: int, batch_size: int) -> int:
   return min(batch_size, 1 << max(0, (count - 1).bit_length()))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha", "max_decode_len"))
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha", "max_decode_len",
+                                             "eos_id"))
 def decode_batch(params: Any, inputs: jax.Array, max_lengths: jax.Array, *,
                  config: TransformerConfig, beam_size: int, alpha: float,
-                 max_decode_len: int) -> tuple[jax.Array, jax.Array]:
+                 max_decode_len: int, eos_id: int = EOS_ID) -> tuple[jax.Array, jax.Array]:
   """Encodes `inputs` int32 [B, S] once and searches: (sequences [B, beam, L], scores [B, beam]).
 
   Compiled once per (shapes, config, beam_size, alpha, max_decode_len). Sequences carry no BOS,
@@ -102,7 +103,8 @@ def decode_batch(params: Any, inputs: jax.Array, max_lengths: jax.Array, *,
     return decode_step(config, params, cache, tokens)
 
   return beam_search(tokens_to_logits, cache, batch_size=inputs.shape[0], beam_size=beam_size,
-                     alpha=alpha, max_decode_len=max_decode_len, max_lengths=max_lengths)
+                     alpha=alpha, max_decode_len=max_decode_len, max_lengths=max_lengths,
+                     eos_id=eos_id)
 
 
 @dataclasses.dataclass

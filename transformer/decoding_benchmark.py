@@ -1,0 +1,190 @@
+"""Decoding speed: `python -m transformer.decoding_benchmark --config=configs/default.py`.
+
+Prints sentences/s and tokens/s of greedy and beam-4 decoding for a named config (a configs/*.py
+file, optionally `file.py:ARG`, or a preset of transformer/config.py: tiny, base, big) with
+random parameters, and the speed-up of cached over uncached decoding at output length 64.
+
+What is measured (the same jit-compiled function translation runs, `translator.decode_batch`:
+encoder once, `init_decode_cache`, then the search in one `lax.while_loop`):
+  - a batch of `--batch_size` random sources of `--source_length` tokens (EOS last);
+  - EOS disabled, so every sentence is decoded to exactly `--output_length` tokens (random
+    parameters say nothing about when to stop); tokens/s counts the output tokens of the
+    returned translations (batch x output_length), not the beam's hypotheses;
+  - compilation excluded (one warm-up call), then the median of `--repeats` timed calls.
+Uncached decoding (`uncached_tokens_to_logits`) keeps the encoder output but re-runs the whole
+decoder at every step on a fixed [rows, output_length] buffer holding the prefix (later positions
+are hidden by the causal mask), also inside the jit-compiled `lax.while_loop`: a step costs
+O(output_length) decoder positions instead of one. Its fixed shape means it also computes the
+not-yet-written positions: an uncached decoder that could grow its input would do about half
+this work (the mean prefix is output_length / 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from transformer.config import EOS_ID, PRESETS, TransformerConfig
+from transformer.decoding import beam_search
+from transformer.model import Transformer, init_params
+from transformer.translator import decode_batch
+
+NO_EOS = -1  # an id no token has: decoding never stops before max_decode_len
+
+
+def uncached_state(config: TransformerConfig, params: Any, inputs: jax.Array,
+                   max_decode_len: int) -> dict:
+  """The 'cache' of uncached decoding: the encoder output, the sources, an empty prefix buffer."""
+  model = Transformer(config.replace(decode=False, deterministic=True))
+  encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
+  return {"encoded": encoded, "inputs": inputs,
+          "prefix": jnp.zeros((inputs.shape[0], max_decode_len), jnp.int32),
+          "index": jnp.zeros((), jnp.int32)}
+
+
+def uncached_tokens_to_logits(config: TransformerConfig, params: Any):
+  """A `tokens -> logits` function that re-runs the full decoder on the prefix every step.
+
+  State: `uncached_state`. At step i the token fed is y_i (BOS at step 0); it is written at
+  position i - 1 of the target buffer, the decoder runs on the whole buffer (it shifts right and
+  puts BOS first itself), and the logits of position i are returned.
+  """
+  model = Transformer(config.replace(decode=False, deterministic=True))
+
+  def tokens_to_logits(tokens, state):
+    i = state["index"]
+    written = lax.dynamic_update_slice(state["prefix"], tokens, (0, jnp.maximum(i - 1, 0)))
+    prefix = jnp.where(i > 0, written, state["prefix"])  # [rows, L]
+    ones = jnp.ones_like(prefix)  # every position is a target: no padding mask, causal only
+    logits = model.apply({"params": params}, state["encoded"], state["inputs"], prefix, ones,
+                         method=Transformer.decode)  # [rows, L, vocab]
+    step_logits = lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False)
+    return step_logits, dict(state, prefix=prefix, index=i + 1)
+
+  return tokens_to_logits
+
+
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha", "max_decode_len",
+                                             "eos_id"))
+def decode_batch_uncached(params, inputs, max_lengths, *, config, beam_size, alpha,
+                          max_decode_len, eos_id=EOS_ID):
+  """`translator.decode_batch` without the cache (for the benchmark and the tests)."""
+  state = uncached_state(config, params, inputs, max_decode_len)
+  return beam_search(uncached_tokens_to_logits(config, params), state,
+                     batch_size=inputs.shape[0], beam_size=beam_size, alpha=alpha,
+                     max_decode_len=max_decode_len, max_lengths=max_lengths, eos_id=eos_id)
+
+
+def load_model_config(name: str) -> TransformerConfig:
+  """A preset name (tiny, base, big) or a run config file `configs/X.py[:ARG]`."""
+  if name in PRESETS:
+    return PRESETS[name]()
+  path, _, arg = name.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"--config={name!r} is neither a preset ({', '.join(PRESETS)}) nor a file.")
+  spec = importlib.util.spec_from_file_location("_benchmark_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  run = module.get_config(arg) if arg else module.get_config()
+  from transformer.training.validation import model_config_from  # pylint: disable=g-import-not-at-top
+  return model_config_from(run, run.vocab_size)
+
+
+def _time(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())  # compile
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length: int = 32,
+              output_length: int = 64, beam_sizes=(1, 4), alpha: float = 0.6,
+              repeats: int = 3, uncached: bool = True, seed: int = 0) -> dict:
+  """Timings (seconds per batch) and rates; see the module docstring for what is measured."""
+  if max(source_length, output_length) > config.max_len:
+    raise ValueError(f"source_length={source_length} and output_length={output_length} must be "
+                     f"<= the model's max_len={config.max_len}.")
+  config = config.replace(deterministic=True, decode=False)
+  params = init_params(config, jax.random.PRNGKey(seed))
+  rng = np.random.default_rng(seed)
+  inputs = rng.integers(4, config.vocab_size, (batch_size, source_length)).astype(np.int32)
+  inputs[:, -1] = EOS_ID
+  max_lengths = np.full((batch_size,), output_length, np.int32)
+  results = {"config": dataclasses.asdict(config), "batch_size": batch_size,
+             "source_length": source_length, "output_length": output_length,
+             "device": f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind}) x1",
+             "decoding": {}}
+  for beam in beam_sizes:
+    kwargs = dict(config=config, beam_size=beam, alpha=alpha, max_decode_len=output_length,
+                  eos_id=NO_EOS)
+    row = {}
+    seconds = _time(lambda: decode_batch(params, inputs, max_lengths, **kwargs), repeats)
+    row["cached_seconds"] = seconds
+    row["sentences_per_sec"] = batch_size / seconds
+    row["tokens_per_sec"] = batch_size * output_length / seconds
+    if uncached:
+      u_seconds = _time(lambda: decode_batch_uncached(params, inputs, max_lengths, **kwargs),
+                        repeats)
+      row["uncached_seconds"] = u_seconds
+      row["uncached_tokens_per_sec"] = batch_size * output_length / u_seconds
+      row["speedup"] = u_seconds / seconds
+    results["decoding"]["greedy" if beam == 1 else f"beam{beam}"] = row
+  return results
+
+
+_CONFIG = flags.DEFINE_string("config", "configs/default.py",
+                              "A configs/*.py file (optionally FILE:ARG) or tiny | base | big.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
+_SOURCE = flags.DEFINE_integer("source_length", 32, "Source tokens per sentence (EOS included).")
+_OUTPUT = flags.DEFINE_integer("output_length", 64, "Output tokens per sentence.")
+_BEAMS = flags.DEFINE_list("beam_sizes", ["1", "4"], "Beam sizes (1 = greedy).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (the median is reported).")
+_UNCACHED = flags.DEFINE_bool("uncached", True, "Also time uncached decoding (the speed-up).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    config = load_model_config(_CONFIG.value)
+  except ValueError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    sys.exit(1)
+  r = benchmark(config, batch_size=_BATCH.value, source_length=_SOURCE.value,
+                output_length=_OUTPUT.value, beam_sizes=[int(b) for b in _BEAMS.value],
+                repeats=_REPEATS.value, uncached=_UNCACHED.value)
+  c = r["config"]
+  print(f"config {_CONFIG.value}: d_model {c['d_model']}, d_ff {c['d_ff']}, heads "
+        f"{c['num_heads']}, layers {c['num_encoder_layers']}+{c['num_decoder_layers']}, vocab "
+        f"{c['vocab_size']}, {c['dtype']}; device {r['device']}, {os.cpu_count()} CPU cores")
+  print(f"batch {r['batch_size']} sentences, source {r['source_length']} tokens, output "
+        f"{r['output_length']} tokens (EOS disabled), median of {_REPEATS.value}, compile "
+        "excluded")
+  for name, row in r["decoding"].items():
+    line = (f"{name:7s} cached:   {row['sentences_per_sec']:9.1f} sentences/s "
+            f"{row['tokens_per_sec']:11.1f} tokens/s ({row['cached_seconds'] * 1e3:.1f} ms/batch)")
+    print(line)
+    if "speedup" in row:
+      print(f"{name:7s} uncached: {r['batch_size'] / row['uncached_seconds']:9.1f} sentences/s "
+            f"{row['uncached_tokens_per_sec']:11.1f} tokens/s "
+            f"({row['uncached_seconds'] * 1e3:.1f} ms/batch); cached is "
+            f"{row['speedup']:.1f}x faster at output length {r['output_length']}")
+
+
+if __name__ == "__main__":
+  app.run(main)
