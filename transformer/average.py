@@ -96,19 +96,25 @@ def average(workdir: str, last: int = 5, output: str | None = None) -> tuple[str
   return os.path.abspath(path), steps
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (checkpoints/ inside).")
-_LAST = flags.DEFINE_integer("last", 5, "Average the last N checkpoints (paper: 5 base, 20 big).")
-_OUTPUT = flags.DEFINE_string("output", None,
-                              "Where to write the averaged checkpoint (default WORKDIR/averaged).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so that the library
+  functions of several command modules can be imported together)."""
+  flags.DEFINE_string("workdir", None, "A training workdir (checkpoints/ inside).")
+  flags.DEFINE_integer("last", 5, "Average the last N checkpoints (paper: 5 base, 20 big).")
+  flags.DEFINE_string("output", None,
+                                "Where to write the averaged checkpoint (default WORKDIR/averaged).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   try:
-    path, steps = average(_WORKDIR.value, _LAST.value, _OUTPUT.value)
+    path, steps = average(FLAGS.workdir, FLAGS.last, FLAGS.output)
   except (WorkdirError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -117,4 +123,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

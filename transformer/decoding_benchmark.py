@@ -147,33 +147,39 @@ def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length:
   return results
 
 
-_CONFIG = flags.DEFINE_string("config", "configs/default.py",
-                              "A configs/*.py file (optionally FILE:ARG) or tiny | base | big.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
-_SOURCE = flags.DEFINE_integer("source_length", 32, "Source tokens per sentence (EOS included).")
-_OUTPUT = flags.DEFINE_integer("output_length", 64, "Output tokens per sentence.")
-_BEAMS = flags.DEFINE_list("beam_sizes", ["1", "4"], "Beam sizes (1 = greedy).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (the median is reported).")
-_UNCACHED = flags.DEFINE_bool("uncached", True, "Also time uncached decoding (the speed-up).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so that the library
+  functions of several command modules can be imported together)."""
+  flags.DEFINE_string("config", "configs/default.py",
+                                "A configs/*.py file (optionally FILE:ARG) or tiny | base | big.")
+  flags.DEFINE_integer("batch_size", 32, "Sentences per batch.")
+  flags.DEFINE_integer("source_length", 32, "Source tokens per sentence (EOS included).")
+  flags.DEFINE_integer("output_length", 64, "Output tokens per sentence.")
+  flags.DEFINE_list("beam_sizes", ["1", "4"], "Beam sizes (1 = greedy).")
+  flags.DEFINE_integer("repeats", 3, "Timed calls (the median is reported).")
+  flags.DEFINE_bool("uncached", True, "Also time uncached decoding (the speed-up).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
-    config = load_model_config(_CONFIG.value)
+    config = load_model_config(FLAGS.config)
   except ValueError as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(1)
-  r = benchmark(config, batch_size=_BATCH.value, source_length=_SOURCE.value,
-                output_length=_OUTPUT.value, beam_sizes=[int(b) for b in _BEAMS.value],
-                repeats=_REPEATS.value, uncached=_UNCACHED.value)
+  r = benchmark(config, batch_size=FLAGS.batch_size, source_length=FLAGS.source_length,
+                output_length=FLAGS.output_length, beam_sizes=[int(b) for b in FLAGS.beam_sizes],
+                repeats=FLAGS.repeats, uncached=FLAGS.uncached)
   c = r["config"]
-  print(f"config {_CONFIG.value}: d_model {c['d_model']}, d_ff {c['d_ff']}, heads "
+  print(f"config {FLAGS.config}: d_model {c['d_model']}, d_ff {c['d_ff']}, heads "
         f"{c['num_heads']}, layers {c['num_encoder_layers']}+{c['num_decoder_layers']}, vocab "
         f"{c['vocab_size']}, {c['dtype']}; device {r['device']}, {os.cpu_count()} CPU cores")
   print(f"batch {r['batch_size']} sentences, source {r['source_length']} tokens, output "
-        f"{r['output_length']} tokens (EOS disabled), median of {_REPEATS.value}, compile "
+        f"{r['output_length']} tokens (EOS disabled), median of {FLAGS.repeats}, compile "
         "excluded")
   for name, row in r["decoding"].items():
     line = (f"{name:7s} cached:   {row['sentences_per_sec']:9.1f} sentences/s "
@@ -187,4 +193,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -74,9 +74,9 @@ def evaluate_split(config, workdir: str, split: str, *, params=None, tokenizer=N
     seconds, sentences_per_sec.
   """
   from transformer.data import load_pairs  # pylint: disable=g-import-not-at-top
-  config = _run_config(config, workdir)
   if tokenizer is None:
     tokenizer = translator_lib.load_tokenizer(workdir)
+  config = _run_config(config, workdir)
   if params is None:
     params, model_config, info = translator_lib.load_params(workdir, checkpoint)
     checkpoint_text, step = info.describe(), info.step
@@ -133,29 +133,35 @@ def evaluate_split(config, workdir: str, split: str, *, params=None, tokenizer=N
   return scores
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
-_SPLIT = flags.DEFINE_string("split", "test", "test | validation | train | a split name.")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "latest", "latest | best | averaged | a step | a checkpoint directory.")
-_BEAM = flags.DEFINE_integer("beam_size", None, "Beam size (default: the run config's, 4).")
-_ALPHA = flags.DEFINE_float("alpha", None, "Length penalty (default: the run config's, 0.6).")
-_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "Evaluate the first N pairs (0 = all).")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Sentences per batch (default eval_batch_size).")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Run config (default: WORKDIR/config.json, written by the trainer).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so that the library
+  functions of several command modules can be imported together)."""
+  flags.DEFINE_string("workdir", None, "A training workdir.")
+  flags.DEFINE_string("split", "test", "test | validation | train | a split name.")
+  flags.DEFINE_string(
+      "checkpoint", "latest", "latest | best | averaged | a step | a checkpoint directory.")
+  flags.DEFINE_integer("beam_size", None, "Beam size (default: the run config's, 4).")
+  flags.DEFINE_float("alpha", None, "Length penalty (default: the run config's, 0.6).")
+  flags.DEFINE_integer("max_examples", 0, "Evaluate the first N pairs (0 = all).")
+  flags.DEFINE_integer("batch_size", None, "Sentences per batch (default eval_batch_size).")
+  config_flags.DEFINE_config_file(
+      "config", None, "Run config (default: WORKDIR/config.json, written by the trainer).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   logging.set_verbosity(logging.INFO)
   try:
-    scores = evaluate_split(_CONFIG.value, _WORKDIR.value, _SPLIT.value,
-                            checkpoint=_CHECKPOINT.value, beam_size=_BEAM.value,
-                            alpha=_ALPHA.value, max_examples=_MAX_EXAMPLES.value,
-                            batch_size=_BATCH.value)
+    scores = evaluate_split(FLAGS.config, FLAGS.workdir, FLAGS.split,
+                            checkpoint=FLAGS.checkpoint, beam_size=FLAGS.beam_size,
+                            alpha=FLAGS.alpha, max_examples=FLAGS.max_examples,
+                            batch_size=FLAGS.batch_size)
   except (WorkdirError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -166,8 +172,9 @@ def main(argv):
   print(f"chrF  {scores['chrf']:6.2f}   {chrf_sig}")
   print(f"tokenized BLEU {scores['tokenized_bleu']:6.2f}   (the paper's way: tokenized, compounds "
         "split, multi-bleu; compare with Table 2)")
-  print(f"Written to {os.path.join(os.path.abspath(_WORKDIR.value), f'eval_{_SPLIT.value}.json')}")
+  print(f"Written to {os.path.join(os.path.abspath(FLAGS.workdir), f'eval_{FLAGS.split}.json')}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

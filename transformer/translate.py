@@ -49,36 +49,42 @@ def one_line(text: str) -> str:
   return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (tokenizer and checkpoints).")
-_INPUT = flags.DEFINE_string("input", None, "Source text file, one sentence a line (default stdin).")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the translations (default stdout).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "latest", "latest | best | averaged | a step | a checkpoint directory.")
-_BEAM = flags.DEFINE_integer("beam_size", None, "Beam size; 1 = greedy (default: run config, 4).")
-_ALPHA = flags.DEFINE_float("alpha", None, "Length penalty alpha (default: run config, 0.6).")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Sentences per batch.")
-_MAX_EXTRA = flags.DEFINE_integer("max_extra", None,
-                                  "Output limit = input length + this (default: run config, 50).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so that the library
+  functions of several command modules can be imported together)."""
+  flags.DEFINE_string("workdir", None, "A training workdir (tokenizer and checkpoints).")
+  flags.DEFINE_string("input", None, "Source text file, one sentence a line (default stdin).")
+  flags.DEFINE_string("output", None, "Where to write the translations (default stdout).")
+  flags.DEFINE_string(
+      "checkpoint", "latest", "latest | best | averaged | a step | a checkpoint directory.")
+  flags.DEFINE_integer("beam_size", None, "Beam size; 1 = greedy (default: run config, 4).")
+  flags.DEFINE_float("alpha", None, "Length penalty alpha (default: run config, 0.6).")
+  flags.DEFINE_integer("batch_size", 64, "Sentences per batch.")
+  flags.DEFINE_integer("max_extra", None,
+                                    "Output limit = input length + this (default: run config, 50).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
-  if _INPUT.value and not os.path.isfile(_INPUT.value):
-    print(f"Error: --input={_INPUT.value} is not a file.", file=sys.stderr)
+  if FLAGS.input and not os.path.isfile(FLAGS.input):
+    print(f"Error: --input={FLAGS.input} is not a file.", file=sys.stderr)
     sys.exit(1)
   try:
     translator, info = translator_lib.translator_from_workdir(
-        _WORKDIR.value, _CHECKPOINT.value, beam_size=_BEAM.value, alpha=_ALPHA.value,
-        batch_size=_BATCH.value, max_extra=_MAX_EXTRA.value)
+        FLAGS.workdir, FLAGS.checkpoint, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+        batch_size=FLAGS.batch_size, max_extra=FLAGS.max_extra)
   except (WorkdirError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(1)
 
-  if _INPUT.value:
-    with open(_INPUT.value, "rb") as f:
+  if FLAGS.input:
+    with open(FLAGS.input, "rb") as f:
       data = f.read()
   else:
     data = sys.stdin.buffer.read()
@@ -90,7 +96,7 @@ def main(argv):
                translator.beam_size, translator.alpha)
 
   bar = None
-  if _OUTPUT.value:
+  if FLAGS.output:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=len(lines), unit="line", file=sys.stderr, dynamic_ncols=True)
   start = time.perf_counter()
@@ -103,8 +109,8 @@ def main(argv):
   assert len(translations) == len(lines)
 
   text = "".join(one_line(t) + "\n" for t in translations)
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+  if FLAGS.output:
+    with open(FLAGS.output, "w", encoding="utf-8") as f:
       f.write(text)
   else:
     sys.stdout.write(text)
@@ -114,4 +120,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
