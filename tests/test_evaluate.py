@@ -1,0 +1,93 @@
+"""evaluate_split: translate a split, score it, write eval_<split>.json; from memory or a workdir."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from transformer.data.pipeline import get_tokenizer
+from transformer.evaluate import evaluate_split, resolve_split
+from transformer.model import init_params
+from transformer.scores import score_translations
+from transformer.training.checkpointing import Checkpointer
+from transformer.training.steps import TrainState
+from transformer.training.validation import default_config, model_config_from
+from transformer.translator import WorkdirError
+
+KEYS = ("bleu", "chrf", "tokenized_bleu", "exact_match", "num_examples", "sacrebleu_signature")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A tiny numbers-task run config, its tokenizer (trained by the data pipeline) and params."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = default_config()
+  config.numbers.update(num_train=200, num_validation=12, num_test=12)
+  config.vocab_size = 96
+  config.tokenizer_sample_sentences = 400
+  config.max_length = 24
+  config.model.update(d_model=16, d_ff=32, num_heads=2, num_encoder_layers=1,
+                      num_decoder_layers=1)
+  config.eval_batch_size = 4
+  config.num_samples_to_print = 2
+  tokenizer = get_tokenizer(config, workdir)
+  model_config = model_config_from(config, tokenizer.vocab_size)
+  params = init_params(model_config, jax.random.PRNGKey(0))
+  return config, workdir, tokenizer, model_config, params
+
+
+def test_evaluate_in_memory_writes_scores(run):
+  config, workdir, tokenizer, model_config, params = run
+  result = evaluate_split(config, workdir, "test", params=params, tokenizer=tokenizer,
+                          model_config=model_config, max_examples=4, beam_size=1, step=3)
+  for key in KEYS:
+    assert key in result
+  assert result["num_examples"] == 4 and result["step"] == 3 and result["beam_size"] == 1
+  assert result["sacrebleu_signature"].startswith("BLEU: nrefs:1|")
+  with open(os.path.join(workdir, "eval_test.json"), encoding="utf-8") as f:
+    written = json.load(f)
+  assert written == result
+  # The scores are those of the written translations against the split's references.
+  with open(os.path.join(workdir, "eval_test.txt"), encoding="utf-8") as f:
+    hypotheses = f.read().split("\n")[:-1]
+  from transformer.data import load_pairs
+  references = [t for _, t in load_pairs(config, "test")[:4]]
+  assert len(hypotheses) == 4
+  expected = score_translations(hypotheses, references)
+  assert result["bleu"] == pytest.approx(expected["bleu"])
+  assert result["chrf"] == pytest.approx(expected["chrf"])
+  # write=False leaves the files alone (the trainer's periodic validation).
+  os.remove(os.path.join(workdir, "eval_test.json"))
+  evaluate_split(config, workdir, "test", params=params, tokenizer=tokenizer,
+                 model_config=model_config, max_examples=4, beam_size=1, write=False)
+  assert not os.path.exists(os.path.join(workdir, "eval_test.json"))
+
+
+def test_evaluate_from_workdir_checkpoint(run):
+  config, workdir, _, model_config, params = run
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump({"config": config.to_dict(), "model": dataclasses.asdict(model_config)}, f)
+  tx = optax.adam(1e-3)
+  checkpointer = Checkpointer(workdir, keep=3)
+  checkpointer.save(5, TrainState(step=jnp.int32(5), params=params, opt_state=tx.init(params)),
+                    None, model_config)
+  checkpointer.close()
+  result = evaluate_split(None, workdir, "validation", max_examples=4, beam_size=1)
+  assert result["split"] == resolve_split(config, "validation") == "validation"
+  assert result["step"] == 5 and "step 5" in result["checkpoint"]
+  assert result["num_examples"] == 4
+  assert os.path.exists(os.path.join(workdir, "eval_validation.json"))
+
+
+def test_missing_pieces_name_what_to_do(tmp_path, run):
+  config, workdir, tokenizer, _, _ = run
+  with pytest.raises(WorkdirError, match=r"tokenizer\.model is missing.*python train\.py"):
+    evaluate_split(config, str(tmp_path), "test")
+  with pytest.raises(WorkdirError, match=r"config\.json is missing.*--config"):
+    evaluate_split(None, str(tmp_path), "test", tokenizer=tokenizer)
+  with pytest.raises(WorkdirError, match=r"No checkpoint.*python train\.py"):
+    evaluate_split(config, str(tmp_path), "test", tokenizer=tokenizer)
