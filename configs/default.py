@@ -57,11 +57,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- The run ---
   config.seed = 0
-  config.num_train_steps = 3000
+  config.num_train_steps = 600       # about 5 minutes on 2 CPU cores
   config.log_every_steps = 50
-  config.eval_every_steps = 500
+  config.eval_every_steps = 200
   config.num_eval_batches = 4       # validation batches per evaluation (0 = the whole split)
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 200
   config.keep_checkpoints = 3
   config.parallelism = "data"       # "data" | "fsdp"
 

@@ -1,0 +1,123 @@
+"""Training speed of a config on the devices found: the train step that `train.py` runs.
+
+    python -m transformer.benchmark --config=configs/default.py
+    python -m transformer.benchmark --config=configs/wmt14_ende_base.py --steps=5
+
+Batches are synthetic and full (every position a real token) in the config's shape: `batch_size`
+rows of `max_length` for "padded"/"packed" batching, `tokens_per_batch // max_length` rows for
+"tokens" (its largest bucket). Prints compile time, step time and training tokens/s (source +
+target) after `--warmup` steps, MFU where the device's peak FLOP/s is known (the peak is printed;
+the FLOP counting rule is in transformer/training/flops.py), and peak memory per device.
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from transformer.training import sharding, synthetic
+from transformer.training.flops import peak_flops_per_device, train_step_flops
+from transformer.training.optimizer import optimizer_from_config
+from transformer.training.steps import init_state, train_step
+from transformer.training.trainer import count_params
+from transformer.training.validation import model_config_from, validate_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Run config file.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
+
+
+def benchmark_rows(config, num_devices: int) -> int:
+  """Rows of a full batch in the config's shape, rounded to a multiple of the devices."""
+  rows = config.batch_size if config.batching != "tokens" else (
+      config.tokens_per_batch // config.max_length)
+  return max(num_devices, rows // num_devices * num_devices)
+
+
+def run(config, *, steps: int, warmup: int) -> dict:
+  """Compiles and times the train step; returns the figures."""
+  mesh = sharding.make_mesh()
+  num_devices = mesh.devices.size
+  validate_config(config, num_devices=num_devices, process_count=jax.process_count())
+  model_config = model_config_from(config, config.vocab_size)
+  tx = optimizer_from_config(config, model_config.d_model)
+  init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_fn = functools.partial(init_state, model_config, tx)
+  abstract = jax.eval_shape(init_fn, init_key)
+  shardings = sharding.state_shardings(abstract, mesh, config.parallelism)
+  state = jax.jit(init_fn, out_shardings=shardings)(init_key)
+
+  rows, length = benchmark_rows(config, num_devices), config.max_length
+  it = synthetic.make_train_iterator(
+      rows=rows, length=length, vocab_size=model_config.vocab_size, full=True,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  batches = [sharding.global_batch(next(it), mesh) for _ in range(2)]
+  step_fn = jax.jit(
+      functools.partial(train_step, model_config=model_config, tx=tx,
+                        label_smoothing=config.label_smoothing, dropout_key=dropout_key),
+      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - t0
+  for i in range(warmup):
+    state, metrics = compiled(state, batches[i % 2])
+  jax.block_until_ready((state, metrics) if warmup else state)
+  t0 = time.perf_counter()
+  for i in range(steps):
+    state, metrics = compiled(state, batches[i % 2])
+  jax.block_until_ready((state, metrics))
+  step_s = (time.perf_counter() - t0) / steps
+
+  tokens_per_step = rows * 2 * length  # full batches: every source and target position
+  flops = train_step_flops(model_config, rows=rows, source_len=length, target_len=length)
+  peak, peak_text = peak_flops_per_device(jax.devices()[0], model_config.dtype)
+  memory = []
+  for device in jax.local_devices():
+    stats = device.memory_stats() or {}
+    memory.append(stats.get("peak_bytes_in_use"))
+  return {
+      "devices": sharding.describe(mesh), "params": count_params(abstract.params),
+      "batch": f"{rows} rows x {length} source + {length} target tokens",
+      "compile_s": compile_s, "step_s": step_s, "tokens_per_s": tokens_per_step / step_s,
+      "tokens_per_s_per_device": tokens_per_step / step_s / num_devices,
+      "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12,
+      "mfu": flops / step_s / (peak * num_devices) if peak else None, "peak_text": peak_text,
+      "peak_bytes_per_device": memory,
+      "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+  }
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  r = run(config, steps=_STEPS.value, warmup=_WARMUP.value)
+  print(f"config        {config_flags.get_config_filename(flags.FLAGS['config'])}")
+  print(f"devices       {r['devices']}; parallelism {config.parallelism}; "
+        f"dtype {config.model.dtype}")
+  print(f"parameters    {r['params']:,}")
+  print(f"batch         {r['batch']} (synthetic, no padding)")
+  print(f"compile       {r['compile_s']:.1f} s")
+  print(f"step          {r['step_s'] * 1e3:.1f} ms (mean of {_STEPS.value} after "
+        f"{_WARMUP.value} warm-up steps)")
+  print(f"tokens/s      {r['tokens_per_s']:,.0f} ({r['tokens_per_s_per_device']:,.0f} per device)")
+  print(f"FLOP/s        {r['tflops_per_s']:.3f} TFLOP/s ({r['flops_per_step']:.3g} FLOPs per step)")
+  mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "unknown"
+  print(f"MFU           {mfu} (peak: {r['peak_text']})")
+  known = [m for m in r["peak_bytes_per_device"] if m is not None]
+  if known:
+    print(f"peak memory   {max(known) / 2**30:.2f} GiB per device (max over devices)")
+  else:
+    print(f"peak memory   per device unknown on this platform; host process peak RSS "
+          f"{r['host_peak_rss_bytes'] / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+  app.run(main)
