@@ -1,0 +1,48 @@
+"""`python train.py`: flags -> train_and_evaluate, with the real data pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_a_bad_value_is_rejected_naming_the_key(tmp_path):
+  result = _train(f"--workdir={tmp_path}", "--config.schedule=linear")
+  assert result.returncode != 0
+  assert "schedule='linear' is unknown; allowed: paper, cosine, constant" in result.stderr
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+@pytest.mark.slow
+def test_a_short_run_on_the_number_task_then_a_resume(tmp_path):
+  small = ["--config.numbers.num_train=3000", "--config.tokenizer_sample_sentences=2000",
+           "--config.batch_size=16", "--config.eval_every_steps=4",
+           "--config.num_eval_batches=1", "--config.eval_batch_size=32",
+           "--config.checkpoint_every_steps=4", "--config.log_every_steps=2",
+           "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1",
+           "--config.beam_size=1", "--config.num_samples_to_print=1"]
+  result = _train(f"--workdir={tmp_path}", "--config.num_train_steps=4", *small)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Workdir: {tmp_path}" in result.stdout
+  assert "Parameters:" in result.stderr and "FLOPs per step" in result.stderr
+  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records if r["split"] == "train"] == [2, 4]
+  assert [r["step"] for r in records if r["split"] == "eval"] == [4]
+  assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "4"))
+
+  result = _train(f"--workdir={tmp_path}", "--config.num_train_steps=6", *small)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resumed from the checkpoint of step 4" in result.stderr
+  assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "6"))
