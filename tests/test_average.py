@@ -103,6 +103,11 @@ def test_best_checkpoint_by_validation_metric(tmp_path):
   _metrics(tmp_path, [{"step": 20, "split": "eval", "nll": 1.5, "bleu": 10.0},
                       {"step": 30, "split": "eval", "nll": 1.7, "bleu": 12.5}])
   assert find_checkpoint(str(tmp_path), "best").step == 30
+  # BLEU only at a step no longer kept: the loss decides.
+  _metrics(tmp_path, [{"step": 5, "split": "eval", "bleu": 30.0},
+                      {"step": 10, "split": "eval", "nll": 1.0},
+                      {"step": 20, "split": "eval", "nll": 1.2}])
+  assert find_checkpoint(str(tmp_path), "best").step == 10
   _metrics(tmp_path, [{"step": 15, "split": "eval", "nll": 1.0}])
   with pytest.raises(WorkdirError, match="eval_every_steps"):
     find_checkpoint(str(tmp_path), "best")

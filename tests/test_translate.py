@@ -145,6 +145,7 @@ def _workdir(tmp_path, tokenizer, config, params):
   return str(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_keeps_line_count_and_reports_bad_input(tmp_path, tokenizer, model):
   config, params = model
   workdir = _workdir(tmp_path / "run", tokenizer, config, params)

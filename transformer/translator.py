@@ -378,29 +378,26 @@ def _no_checkpoint_error(workdir: str) -> WorkdirError:
       "and at the end.")
 
 
-def validation_scores(workdir: str) -> tuple[str, dict[int, float]]:
-  """(metric, {step: value}) of the trainer's validation records in WORKDIR/metrics.jsonl: "bleu"
-  (higher is better) if any record has it, else "nll" (lower is better); ("", {}) if none."""
+def validation_scores(workdir: str) -> dict[str, dict[int, float]]:
+  """{metric: {step: value}} of the trainer's validation records in WORKDIR/metrics.jsonl
+  (split "eval"), for "bleu" (higher is better) and "nll" (lower is better)."""
   path = os.path.join(workdir, "metrics.jsonl")
-  records = []
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # a line cut short by a kill
-        if record.get("split") == VALIDATION_SPLIT:
-          records.append(record)
-  for metric in ("bleu", "nll"):
-    values = {}
-    for r in records:  # a resumed run may repeat a step: the last record wins
-      value = r.get(metric)
-      if isinstance(value, (int, float)) and math.isfinite(value):
-        values[int(r["step"])] = float(value)
-    if values:
-      return metric, values
-  return "", {}
+  scores: dict[str, dict[int, float]] = {"bleu": {}, "nll": {}}
+  if not os.path.exists(path):
+    return scores
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut short by a kill
+      if record.get("split") != VALIDATION_SPLIT:
+        continue
+      for metric, values in scores.items():  # a resumed run may repeat a step: the last wins
+        value = record.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+          values[int(record["step"])] = float(value)
+  return scores
 
 
 def find_checkpoint(workdir: str, checkpoint: str | int = "latest") -> CheckpointInfo:
@@ -436,21 +433,23 @@ def find_checkpoint(workdir: str, checkpoint: str | int = "latest") -> Checkpoin
     return CheckpointInfo("step", os.path.join(directory, str(steps[-1])), steps[-1],
                           reason="latest")
   if text == "best":
-    metric, values = validation_scores(workdir)
-    scored = {s: values[s] for s in steps if s in values}
-    if not scored:
-      what = (f"validation {metric} is recorded for steps {line_list(sorted(values))}"
-              if values else "no validation metric is recorded in metrics.jsonl")
-      raise WorkdirError(
-          f"Cannot pick the best checkpoint in {workdir}: the kept checkpoints are steps "
-          f"{line_list(steps)}, and {what}. The trainer records validation at "
-          "config.eval_every_steps; make it a multiple of config.checkpoint_every_steps (and "
-          "keep more checkpoints with config.keep_checkpoints), or use --checkpoint=latest or "
-          "averaged.")
-    pick = (max if metric == "bleu" else min)(scored, key=lambda s: (scored[s], s))
-    return CheckpointInfo("step", os.path.join(directory, str(pick)), pick,
-                          reason=f"best validation {metric} {scored[pick]:.4g} of kept steps "
-                                 f"{line_list(sorted(scored))}")
+    scores = validation_scores(workdir)
+    for metric, better in (("bleu", max), ("nll", min)):  # BLEU when recorded, else the loss
+      scored = {s: scores[metric][s] for s in steps if s in scores[metric]}
+      if scored:
+        pick = better(scored, key=lambda s: (scored[s], s if better is max else -s))  # ties: later
+        return CheckpointInfo("step", os.path.join(directory, str(pick)), pick,
+                              reason=f"best validation {metric} {scored[pick]:.4g} of kept steps "
+                                     f"{line_list(sorted(scored))}")
+    recorded = sorted(set(scores["bleu"]) | set(scores["nll"]))
+    what = (f"validation is recorded for steps {line_list(recorded)}" if recorded else
+            "no validation metric is recorded in metrics.jsonl")
+    raise WorkdirError(
+        f"Cannot pick the best checkpoint in {workdir}: the kept checkpoints are steps "
+        f"{line_list(steps)}, and {what}. The trainer records validation at "
+        "config.eval_every_steps; make it a multiple of config.checkpoint_every_steps (and "
+        "keep more checkpoints with config.keep_checkpoints), or use --checkpoint=latest or "
+        "averaged.")
   if text.lstrip("-").isdigit():
     step = int(text)
     if step not in steps:
