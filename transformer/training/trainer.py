@@ -293,7 +293,7 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
           step % config.eval_every_steps == 0 or is_last):
         evaluation = _evaluate(eval_fn, state.params, data.eval_batches, mesh)
         writer.write(step, "eval", evaluation)
-        logging.info("Step %d validation: loss %.4f, accuracy %.4f, perplexity %.3f", step,
+        logging.info("Step %d validation: nll %.4f, accuracy %.4f, perplexity %.3f", step,
                      evaluation["nll"], evaluation["accuracy"], evaluation["perplexity"])
         interval_start, interval_steps = time.perf_counter(), 0
       if stop:
