@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.eval_every_steps = 200
   config.num_eval_batches = 4       # validation batches per evaluation (0 = the whole split)
+  config.eval_bleu_examples = 200   # validation sentences translated for BLEU at each evaluation
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 3
   config.parallelism = "data"       # "data" | "fsdp"

@@ -73,13 +73,24 @@ def pipeline_data(config, workdir: str) -> TrainingData:
                       eval_batches=eval_batches, tokenizer=tokenizer)
 
 
-def final_evaluation(config, workdir: str, state: TrainState) -> None:
-  """Sample translations, BLEU and exact match on the test split -> WORKDIR/eval_test.json.
+def final_evaluation(config, workdir: str, state: TrainState, tokenizer) -> dict:
+  """Sample translations, BLEU and exact match on the test split -> WORKDIR/eval_test.json."""
+  from transformer.evaluate import evaluate_split  # pylint: disable=g-import-not-at-top
+  scores = evaluate_split(config, workdir, "test", params=state.params, tokenizer=tokenizer,
+                          step=int(state.step))
+  if jax.process_index() == 0:
+    print(f"Test ({scores['num_examples']} examples, beam {scores['beam_size']}): "
+          f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, "
+          f"exact match {scores['exact_match']:.1f}%  -> {os.path.join(workdir, 'eval_test.json')}")
+  return scores
 
-  TODO(lead): implemented with transformer.evaluate (decoding + scores) once it lands.
-  """
-  del config, workdir, state
-  logging.info("final_evaluation: not implemented yet (transformer.evaluate pending).")
+
+def validation_translation_scores(config, workdir: str, params, tokenizer, step: int) -> dict:
+  """BLEU and exact match of `eval_bleu_examples` validation sentences (same code as evaluate)."""
+  from transformer.evaluate import evaluate_split  # pylint: disable=g-import-not-at-top
+  scores = evaluate_split(config, workdir, "validation", params=params, tokenizer=tokenizer,
+                          max_examples=config.eval_bleu_examples, write=False, step=step)
+  return {k: scores[k] for k in ("bleu", "chrf", "exact_match")}
 
 
 def write_resolved_config(config, model_config, workdir: str, mesh) -> None:
@@ -292,9 +303,14 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
       if config.eval_every_steps and data.eval_batches and (
           step % config.eval_every_steps == 0 or is_last):
         evaluation = _evaluate(eval_fn, state.params, data.eval_batches, mesh)
-        writer.write(step, "eval", evaluation)
         logging.info("Step %d validation: nll %.4f, accuracy %.4f, perplexity %.3f", step,
                      evaluation["nll"], evaluation["accuracy"], evaluation["perplexity"])
+        if config.get("eval_bleu_examples", 0) and data.tokenizer is not None:
+          evaluation.update(validation_translation_scores(config, workdir, state.params,
+                                                          data.tokenizer, step))
+          logging.info("Step %d validation translations: BLEU %.2f, exact match %.1f%%", step,
+                       evaluation["bleu"], evaluation["exact_match"])
+        writer.write(step, "eval", evaluation)
         interval_start, interval_steps = time.perf_counter(), 0
       if stop:
         saved_stop = True
@@ -317,6 +333,6 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
                     "command to resume.", last_saved, checkpointer.directory)
     return state
   if data.tokenizer is not None:
-    final_evaluation(config, workdir, state)
+    final_evaluation(config, workdir, state, data.tokenizer)
   return state
 
