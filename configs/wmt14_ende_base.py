@@ -63,7 +63,8 @@ def get_config(grad_accum_steps="1"):
   # The run: 100k steps (12 hours on 8 P100s in the paper).
   config.num_train_steps = 100_000
   config.log_every_steps = 100
-  config.eval_every_steps = 5000
+  config.eval_every_steps = 4000        # a multiple of checkpoint_every_steps, so "best" has a choice
+  config.eval_bleu_examples = 500       # newstest2013 sentences translated for BLEU at each evaluation
   config.checkpoint_every_steps = 2000
   config.keep_checkpoints = 5           # §6.1 averages the last 5 checkpoints
   config.parallelism = "data"

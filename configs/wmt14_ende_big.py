@@ -25,6 +25,7 @@ def get_config(grad_accum_steps="1"):
   config.model.update(d_model=1024, d_ff=4096, num_heads=16, dropout_rate=0.3)
   config.num_train_steps = 300_000
   config.eval_every_steps = 10_000
+  config.eval_bleu_examples = 500
   config.checkpoint_every_steps = 5000
   # Keep the last 20: §6.1 averages the last 20 checkpoints of the big models.
   config.keep_checkpoints = 20
