@@ -1,4 +1,4 @@
-"""A small Transformer on Multi30k (German -> English, 29,000 image captions) or any local text.
+"""A small Transformer on Multi30k (English -> German, 29,000 image captions) or any local text.
 
     python train.py --config=configs/multi30k.py --config.data_dir=PATH/TO/multi30k
 
@@ -24,8 +24,10 @@ def get_config():
   # Data: local text files, shared SentencePiece vocabulary of 8000.
   config.dataset = "text"
   config.data_dir = ""                  # required: --config.data_dir=...
-  config.source_lang = "de"
-  config.target_lang = "en"
+  config.source_lang = "en"            # the paper's direction: English to German
+  config.target_lang = "de"
+  config.eval_split = "val"
+  config.test_split = "test_2016_flickr"
   config.vocab_size = 8000
   config.tokenizer_model = "unigram"
   config.max_length = 64
