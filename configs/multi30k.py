@@ -3,7 +3,10 @@
     python train.py --config=configs/multi30k.py --config.data_dir=PATH/TO/multi30k
 
 `data_dir` holds line-aligned `{split}.de` / `{split}.en` files (or `{split}.tsv`); see
-docs/data.md for the names tried for validation and test. About an hour on a laptop CPU.
+docs/data.md for the names tried for validation and test. On 2 CPU cores a step takes about 2 s:
+60 minutes (about 1,800 steps), then averaging the last 3 checkpoints, gave 37.5 sacreBLEU on
+test_2016_flickr (docs/translation.md has the commands); the 12,000 steps below take about 7 hours
+there and minutes on a GPU.
 """
 
 import importlib.util
@@ -36,7 +39,7 @@ def get_config():
   config.eval_batch_size = 128
   config.num_eval_batches = 0           # the whole validation split (1,014 pairs)
 
-  # Model: a small one (about 11M parameters with the shared 8000-word vocabulary).
+  # Model: a small one (7,577,600 parameters with the shared 8000-piece vocabulary).
   config.model.update(
       d_model=256, d_ff=1024, num_heads=4, num_encoder_layers=3, num_decoder_layers=3,
       dropout_rate=0.1, attention_dropout_rate=0.0, share_embeddings=True)

@@ -42,7 +42,11 @@ def test_a_short_run_on_the_number_task_then_a_resume(tmp_path):
   assert [r["step"] for r in records if r["split"] == "eval"] == [4]
   assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "4"))
 
-  result = _train(f"--workdir={tmp_path}", "--config.num_train_steps=6", *small)
+  assert os.path.isfile(os.path.join(tmp_path, "eval_test.json"))
+
+  result = _train(f"--workdir={tmp_path}", "--config.num_train_steps=6", "--config.test_split=",
+                  *small)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resumed from the checkpoint of step 4" in result.stderr
+  assert "config.test_split is empty: no final test evaluation" in result.stderr
   assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "6"))

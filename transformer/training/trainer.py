@@ -332,7 +332,10 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
     logging.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Run the same "
                     "command to resume.", last_saved, checkpointer.directory)
     return state
-  if data.tokenizer is not None:
+  if data.tokenizer is not None and config.get("test_split", "test"):
     final_evaluation(config, workdir, state, data.tokenizer)
+  elif data.tokenizer is not None:
+    logging.info("config.test_split is empty: no final test evaluation (run "
+                 "python -m transformer.evaluate --workdir=%s --split=NAME for one).", workdir)
   return state
 
