@@ -50,19 +50,6 @@ def test_adam_uses_the_papers_betas_and_eps():
   np.testing.assert_allclose(updates["w"], [-0.1, 0.1, 0.0], atol=1e-6)
 
 
-def test_gradient_accumulation_averages_k_batches():
-  lr = 0.5
-  plain = optax.sgd(lr)
-  params = {"w": jnp.zeros(2)}
-  g1, g2 = {"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([3.0, 2.0])}
-  accum = optax.MultiSteps(plain, every_k_schedule=2)
-  state = accum.init(params)
-  u1, state = accum.update(g1, state, params)
-  np.testing.assert_allclose(u1["w"], 0.0)  # no update on the first micro-batch
-  u2, state = accum.update(g2, state, params)
-  np.testing.assert_allclose(u2["w"], -lr * np.array([2.0, 1.0]))
-
-
 def test_clipping_comes_before_adam():
   sched = optax.constant_schedule(0.1)
   tx = create_optimizer(schedule=sched, grad_clip_norm=1.0)

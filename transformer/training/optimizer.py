@@ -1,9 +1,9 @@
 """The optimizer (§5.3): Adam with beta1=0.9, beta2=0.98, eps=1e-9 over a learning-rate schedule.
 
-Optional extras, each off by default: global-norm gradient clipping, decoupled weight decay
-(AdamW), and gradient accumulation (`optax.MultiSteps`: the update is applied every
-`grad_accum_steps` calls with the mean of their gradients, so a few devices reach the paper's
-25,000-token batches).
+Optional extras, each off by default: global-norm gradient clipping and decoupled weight decay
+(AdamW). Gradient accumulation, which lets a few devices reach the paper's 25,000-token batches,
+is done by the train step (steps.py), exactly token-weighted; the optimizer sees one gradient per
+update either way.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from transformer.training.schedules import create_schedule
 
 
 def create_optimizer(*, schedule: optax.Schedule, b1: float = 0.9, b2: float = 0.98,
-                     eps: float = 1e-9, weight_decay: float = 0.0, grad_clip_norm: float = 0.0,
-                     grad_accum_steps: int = 1) -> optax.GradientTransformation:
-  """Adam(W) over `schedule`, clipped and accumulated as asked."""
+                     eps: float = 1e-9, weight_decay: float = 0.0,
+                     grad_clip_norm: float = 0.0) -> optax.GradientTransformation:
+  """Adam(W) over `schedule`, clipped as asked."""
   parts = []
   if grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(grad_clip_norm))
@@ -24,10 +24,7 @@ def create_optimizer(*, schedule: optax.Schedule, b1: float = 0.9, b2: float = 0
     parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
   else:
     parts.append(optax.adam(schedule, b1=b1, b2=b2, eps=eps))
-  tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
-  if grad_accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=grad_accum_steps)
-  return tx
+  return optax.chain(*parts) if len(parts) > 1 else parts[0]
 
 
 def optimizer_from_config(config, d_model: int) -> optax.GradientTransformation:
@@ -37,8 +34,7 @@ def optimizer_from_config(config, d_model: int) -> optax.GradientTransformation:
       d_model=d_model, total_steps=config.num_train_steps)
   return create_optimizer(
       schedule=schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-      weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm,
-      grad_accum_steps=config.grad_accum_steps)
+      weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
 
 
 def learning_rate_at(config, d_model: int, update: int) -> float:

@@ -3,6 +3,13 @@
 The steps know nothing of meshes: `trainer.py` jit-compiles them with shardings. Dropout keys
 come from `fold_in(key(seed), state.step)`, so a resumed run draws the same masks an
 uninterrupted run would have drawn.
+
+Gradient accumulation (`grad_accum_steps = k > 1`) is exact: each call adds the gradient of the
+micro-batch's *summed* token loss and its token count to `state.accum`, and every k-th call
+applies the optimizer to (sum of gradients) / (sum of tokens), the gradient of the mean loss over
+every non-pad token of the k micro-batches, as if they were one batch. (Averaging the k
+micro-batches' mean-loss gradients, as `optax.MultiSteps` would, weights a token of a short
+micro-batch more than one of a long micro-batch.)
 """
 
 from __future__ import annotations
@@ -28,42 +35,74 @@ MODEL_KWARGS = {
 
 @flax.struct.dataclass
 class TrainState:
-  """step: batches consumed (micro-batches when accumulating gradients); params; opt_state."""
+  """step: batches consumed (micro-batches when accumulating gradients); params; opt_state;
+  accum: None, or when accumulating {"grads": summed-loss gradients, "tokens": their count}
+  since the last update (zeros after every k-th micro-batch, so in every checkpoint)."""
   step: jax.Array
   params: Any
   opt_state: Any
+  accum: Any = None
 
 
 def model_inputs(batch: dict) -> dict:
   return {MODEL_KWARGS[k]: v for k, v in batch.items() if k in MODEL_KWARGS}
 
 
+def _zero_accum(params) -> dict:
+  return {"grads": jax.tree.map(jnp.zeros_like, params), "tokens": jnp.zeros((), jnp.float32)}
+
+
 def init_state(model_config, tx: optax.GradientTransformation, rng: jax.Array,
-               length: int = 8) -> TrainState:
+               length: int = 8, grad_accum_steps: int = 1) -> TrainState:
   """Fresh parameters and optimizer state (call under jit, or jax.eval_shape for shapes)."""
   dummy = jnp.ones((1, min(length, model_config.max_len)), jnp.int32)
   model = Transformer(model_config.replace(deterministic=True))
   params = model.init(rng, dummy, dummy)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    accum=_zero_accum(params) if grad_accum_steps > 1 else None)
 
 
 def train_step(state: TrainState, batch: dict, *, model_config, tx, label_smoothing: float,
-               dropout_key: jax.Array) -> tuple[TrainState, dict]:
-  """One batch: forward, §5.4 smoothed loss over non-pad tokens, backward, optimizer update."""
+               dropout_key: jax.Array, grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+  """One batch: forward, §5.4 smoothed loss over non-pad tokens, backward, optimizer update.
+
+  With `grad_accum_steps = k > 1` the update happens on every k-th call, from the gradient of
+  the mean loss over all tokens of the k batches (see the module docstring).
+  """
   model = Transformer(model_config)
   rng = jax.random.fold_in(dropout_key, state.step)
+  accumulate = grad_accum_steps > 1
 
   def loss_fn(params):
     logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
                          **model_inputs(batch), rngs={"dropout": rng})  # [rows, T, V]
-    return loss_and_metrics(logits, batch["targets"], label_smoothing)
+    loss, metrics = loss_and_metrics(logits, batch["targets"], label_smoothing)
+    return (metrics["loss_sum"] if accumulate else loss), metrics
 
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   metrics["source_tokens"] = jnp.sum(batch["inputs"] != 0).astype(jnp.float32)
-  metrics["grad_norm"] = optax.global_norm(grads)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  if not accumulate:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  metrics["grad_norm"] = optax.global_norm(grads) / jnp.maximum(metrics["tokens"], 1.0)
+  accum = {"grads": jax.tree.map(jnp.add, state.accum["grads"], grads),
+           "tokens": state.accum["tokens"] + metrics["tokens"]}
+
+  def update(_):
+    mean_grads = jax.tree.map(lambda g: g / jnp.maximum(accum["tokens"], 1.0), accum["grads"])
+    updates, opt_state = tx.update(mean_grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, _zero_accum(state.params)
+
+  def wait(_):
+    return state.params, state.opt_state, accum
+
+  is_update = (state.step + 1) % grad_accum_steps == 0
+  params, opt_state, accum = jax.lax.cond(is_update, update, wait, None)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       accum=accum), metrics
 
 
 def eval_step(params, batch: dict, *, model_config, label_smoothing: float) -> dict:

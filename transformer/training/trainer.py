@@ -208,7 +208,8 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
 
   tx = optimizer_from_config(config, model_config.d_model)
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  init_fn = functools.partial(init_state, model_config, tx)
+  init_fn = functools.partial(init_state, model_config, tx,
+                              grad_accum_steps=config.grad_accum_steps)
   abstract = jax.eval_shape(init_fn, init_key)
   state_shardings = sharding.state_shardings(abstract, mesh, config.parallelism)
   abstract = jax.tree.map(
@@ -228,7 +229,8 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
   accum = config.grad_accum_steps
   train_fn = jax.jit(
       functools.partial(train_step, model_config=model_config, tx=tx,
-                        label_smoothing=config.label_smoothing, dropout_key=dropout_key),
+                        label_smoothing=config.label_smoothing, dropout_key=dropout_key,
+                        grad_accum_steps=accum),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)
