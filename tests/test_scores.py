@@ -47,8 +47,11 @@ def test_compound_splitting_follows_the_perl_one_liner():
   assert split_compounds("rich-text format") == "rich ##AT##-##AT## text format"
   assert split_compounds("a-b-c") == "a ##AT##-##AT## b-c"  # non-overlapping, as in Perl
   assert split_compounds("a - b") == "a - b"
-  assert paper_tokenize('Er sagte: "Hallo-Welt", 3,5 Mio.') == (
-      'Er sagte : " Hallo ##AT##-##AT## Welt " , 3,5 Mio .')
+  # tokenizer.perl -l de: escapes quotes, keeps "Dr." (a German non-breaking prefix) and "3,5",
+  # splits German quotes and the final period; then the compounds.
+  assert paper_tokenize('Er sagte: "Hallo-Welt", 3,5 Mio. Dr. Müller kam „heute“.') == (
+      'Er sagte : &quot; Hallo ##AT##-##AT## Welt &quot; , 3,5 Mio. Dr. Müller kam „ heute “ .')
+  assert paper_tokenize("Mio. Leute", lang="en") == "Mio . Leute"  # English rules differ
 
 
 def test_exact_match_and_perfect_scores():

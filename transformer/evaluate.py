@@ -104,7 +104,7 @@ def evaluate_split(config, workdir: str, split: str, *, params=None, tokenizer=N
   seconds = time.perf_counter() - start
   hypotheses = [r.text for r in results]
 
-  scores = score_translations(hypotheses, references)
+  scores = score_translations(hypotheses, references, lang=config.target_lang)
   scores.update({
       "split": split_name,
       "checkpoint": checkpoint_text,
