@@ -7,7 +7,9 @@ Both searches know nothing of the Transformer. They take
 where `tokens` is int32 [N, 1] (the previous token; `BOS_ID` at the first step), `logits` is
 [N, vocab] for the next token, and `cache` is any pytree whose leaves have N as leading axis,
 except 0-d leaves (step counters), which are passed through untouched. Beam search expands a
-batch-B cache to B * beam rows itself and reorders the rows as beams are chosen.
+batch-B cache to B * beam rows itself and reorders the rows as beams are chosen; leaves that
+depend on the source sentence alone (the cross-attention keys and values) are equal on all of a
+sentence's beams, and `source_only(path)` can name them so they are not gathered at every step.
 
 Both run inside one `lax.while_loop` (no Python loop per step) and are jit-compatible with
 `tokens_to_logits` closed over:
@@ -131,9 +133,13 @@ def _repeat_rows(tree, times):
   return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0) if jnp.ndim(x) else x, tree)
 
 
-def _take_rows(tree, rows):
-  """Gathers rows (int [N]) along the leading axis; 0-d leaves unchanged."""
-  return jax.tree.map(lambda x: x[rows] if jnp.ndim(x) else x, tree)
+def _take_rows(tree, rows, source_only=None):
+  """Gathers rows (int [N]) along the leading axis; 0-d and `source_only` leaves unchanged."""
+  def take(path, x):
+    if not jnp.ndim(x) or (source_only is not None and source_only(path)):
+      return x
+    return x[rows]
+  return jax.tree_util.tree_map_with_path(take, tree)
 
 
 def _top(k, scores, *arrays):
@@ -145,7 +151,8 @@ def _top(k, scores, *arrays):
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int,
                 beam_size: int = 4, alpha: float = 0.6, max_decode_len: int, max_lengths=None,
-                eos_id: int = EOS_ID, bos_id: int = BOS_ID) -> tuple[jax.Array, jax.Array]:
+                eos_id: int = EOS_ID, bos_id: int = BOS_ID,
+                source_only: Callable[[Any], bool] | None = None) -> tuple[jax.Array, jax.Array]:
   """Beam search with GNMT's length penalty (§6.1: beam 4, alpha 0.6).
 
   Each step extends the `beam_size` alive hypotheses by every token, keeps the 2 * beam_size
@@ -168,6 +175,9 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
     max_decode_len: length of the output; a hypothesis reaching it ends with a forced EOS.
     max_lengths: optional int32 [B], a per-example limit (tokens, EOS included).
     eos_id, bos_id: the end token, and the token fed at the first step.
+    source_only: optional predicate on a cache leaf's key path: True for leaves that are the same
+      on every beam of a sentence (computed from the source only), which are then not reordered.
+      A leaf that is named but does differ between beams gives wrong results.
 
   Returns:
     sequences int32 [B, beam, max_decode_len] (no BOS, EOS included, PAD after) and scores
@@ -211,7 +221,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
 
     # Alive: the K best that did not end; the cache rows follow their parents.
     alive_lp, alive_seqs, parent = _top(K, jnp.where(ended, NEG_INF, top_lp), top_seqs, parent)
-    cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent).reshape(B * K))
+    cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent).reshape(B * K), source_only)
 
     # Finished: the K best of the old finished and the ones that ended now.
     new_scores = jnp.where(ended, top_lp / length_penalty(step + 1, alpha), NEG_INF)

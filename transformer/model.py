@@ -195,6 +195,16 @@ def init_decode_cache(config: TransformerConfig, params: Any, inputs: Array,
   return variables["cache"]
 
 
+SOURCE_CACHE_NAMES = ("cross_key", "cross_value", "cross_mask")
+
+
+def is_source_cache(path) -> bool:
+  """True for the decoding cache leaves computed from the source alone (cross-attention keys,
+  values and mask): equal on every beam of a sentence, so beam search need not reorder them."""
+  last = path[-1] if path else None
+  return getattr(last, "key", None) in SOURCE_CACHE_NAMES
+
+
 def decode_step(config: TransformerConfig, params: Any, cache: Any,
                 tokens: Array) -> tuple[Array, Any]:
   """One decoding step: previous tokens [N, 1] -> (next-token logits [N, vocab], new cache)."""

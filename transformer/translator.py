@@ -56,7 +56,7 @@ from absl import logging
 
 from transformer.config import EOS_ID, PAD_ID, TransformerConfig
 from transformer.decoding import beam_search
-from transformer.model import Transformer, decode_step, init_decode_cache
+from transformer.model import Transformer, decode_step, init_decode_cache, is_source_cache
 
 CHECKPOINT_CHOICES = ("latest", "best", "averaged")
 TOKENIZER_FILENAME = "tokenizer.model"  # as transformer/data/tokenizer.py writes it
@@ -104,7 +104,7 @@ def decode_batch(params: Any, inputs: jax.Array, max_lengths: jax.Array, *,
 
   return beam_search(tokens_to_logits, cache, batch_size=inputs.shape[0], beam_size=beam_size,
                      alpha=alpha, max_decode_len=max_decode_len, max_lengths=max_lengths,
-                     eos_id=eos_id)
+                     eos_id=eos_id, source_only=is_source_cache)
 
 
 @dataclasses.dataclass
