@@ -73,3 +73,12 @@ def test_gradient_accumulation_reads_k_batches_per_step(tmp_path):
   assert int(state.step) == 6  # batches consumed
   assert data.train_iter.get_state()["next_index"] == 6
   assert [r["step"] for r in read_metrics(str(tmp_path), "train")] == [1, 2]
+
+
+def test_at_most_two_steps_are_in_flight(monkeypatch):
+  waited = []
+  monkeypatch.setattr(trainer.jax, "block_until_ready", waited.append)
+  window = trainer._StepsInFlight(limit=2)  # pylint: disable=protected-access
+  for step in range(1, 6):
+    window.add(step)
+  assert waited == [1, 2, 3]  # adding step n waits for step n - 2

@@ -9,6 +9,7 @@ Steps count optimizer updates: with `grad_accum_steps = k` every step reads k ba
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -34,6 +35,10 @@ from transformer.training.validation import model_config_from, validate_config
 from transformer.training.writers import MetricWriter
 
 SUMMED_METRICS = ("loss_sum", "nll_sum", "correct", "tokens", "source_tokens")
+# Steps dispatched but not finished at most: the device always has the next step queued, and a
+# SIGTERM or a checkpoint never waits for a long queue (JAX would otherwise let the loop run
+# dozens of steps ahead of a slow device).
+MAX_STEPS_IN_FLIGHT = 2
 
 
 @dataclasses.dataclass
@@ -143,6 +148,19 @@ def _add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
+class _StepsInFlight:
+  """Waits (without copying anything) for the step `limit` steps back before another is added."""
+
+  def __init__(self, limit: int = MAX_STEPS_IN_FLIGHT):
+    self.limit = limit
+    self.pending: collections.deque = collections.deque()
+
+  def add(self, step_output) -> None:
+    self.pending.append(step_output)
+    while len(self.pending) > self.limit:
+      jax.block_until_ready(self.pending.popleft())
+
+
 class _MetricsBuffer:
   """Device metrics of the steps since the last sync; fetched in one transfer when needed."""
 
@@ -247,6 +265,7 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
   writer = MetricWriter(workdir)
   watcher = PreemptionWatcher()
   buffer = _MetricsBuffer()
+  in_flight = _StepsInFlight()
   num_steps = config.num_train_steps
   bar = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=jax.process_index() != 0, mininterval=1.0, desc="train")
@@ -264,6 +283,7 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
         state, micro = train_fn(state, sharding.global_batch(batch, mesh))
         metrics = micro if metrics is None else _add(metrics, micro)
       buffer.add(step, metrics)
+      in_flight.add(metrics["loss_sum"])
       interval_steps += 1
       bar.update(1)
 
