@@ -11,13 +11,13 @@ import numpy as np
 import optax
 import pytest
 
-from transformer import translator as translator_lib
+from transformer import workdir as workdir_lib
 from transformer.average import average
 from transformer.config import TransformerConfig
 from transformer.model import init_params
 from transformer.training.checkpointing import Checkpointer
 from transformer.training.steps import TrainState
-from transformer.translator import WorkdirError, find_checkpoint, load_params
+from transformer.workdir import WorkdirError, find_checkpoint, load_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = TransformerConfig(vocab_size=24, d_model=16, d_ff=32, num_heads=2, num_encoder_layers=1,
@@ -123,4 +123,4 @@ def test_step_directory_path_selects_it(tmp_path):
   params, config, info = load_params(str(tmp_path), str(tmp_path / "checkpoints" / "3"))
   assert info.step == 3 and config == CONFIG
   _assert_trees_close(params, _params(0))
-  assert translator_lib.checkpoint_steps(str(tmp_path)) == [3, 4]
+  assert workdir_lib.checkpoint_steps(str(tmp_path)) == [3, 4]

@@ -16,7 +16,7 @@ from transformer.scores import score_translations
 from transformer.training.checkpointing import Checkpointer
 from transformer.training.steps import TrainState
 from transformer.training.validation import default_config, model_config_from
-from transformer.translator import WorkdirError
+from transformer.workdir import WorkdirError
 
 KEYS = ("bleu", "chrf", "tokenized_bleu", "exact_match", "num_examples", "sacrebleu_signature")
 

@@ -17,6 +17,7 @@ from transformer.decoding_benchmark import decode_batch_uncached
 from transformer.model import init_params
 from transformer.translate import read_lines
 from transformer.translator import Translator, decode_batch
+from transformer.workdir import WorkdirError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = ["the cat sat on the mat", "a house by the river", "zwei hunde spielen im schnee",
@@ -168,12 +169,12 @@ def test_cli_keeps_line_count_and_reports_bad_input(tmp_path, tokenizer, model):
 
 
 def test_missing_tokenizer_or_checkpoint_names_what_to_do(tmp_path, tokenizer):
-  with pytest.raises(translator_lib.WorkdirError, match=r"tokenizer\.model.*python train\.py"):
+  with pytest.raises(WorkdirError, match=r"tokenizer\.model.*python train\.py"):
     translator_lib.translator_from_workdir(str(tmp_path))
   save_tokenizer(tokenizer, str(tmp_path / "tokenizer.model"))
-  with pytest.raises(translator_lib.WorkdirError, match=r"No checkpoint.*python train\.py"):
+  with pytest.raises(WorkdirError, match=r"No checkpoint.*python train\.py"):
     translator_lib.translator_from_workdir(str(tmp_path))
-  with pytest.raises(translator_lib.WorkdirError, match=r"transformer\.average"):
+  with pytest.raises(WorkdirError, match=r"transformer\.average"):
     translator_lib.translator_from_workdir(str(tmp_path), checkpoint="averaged")
   result = subprocess.run(
       [sys.executable, "-m", "transformer.translate", f"--workdir={tmp_path / 'empty'}"],

@@ -23,21 +23,21 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
-from transformer import translator as translator_lib
-from transformer.translator import AVERAGED_DIRNAME, CheckpointInfo, WorkdirError
+from transformer import workdir as workdir_lib
+from transformer.workdir import AVERAGED_DIRNAME, CheckpointInfo, WorkdirError
 
 
 def select_steps(workdir: str, last: int) -> list[int]:
   """The last `last` checkpoint steps of WORKDIR/checkpoints; an error says what is there."""
   if not isinstance(last, int) or last < 1:
     raise ValueError(f"--last={last!r} must be a positive integer.")
-  steps = translator_lib.checkpoint_steps(workdir)
+  steps = workdir_lib.checkpoint_steps(workdir)
   if not steps:
-    raise translator_lib._no_checkpoint_error(workdir)  # pylint: disable=protected-access
+    raise workdir_lib.no_checkpoint_error(workdir)
   if len(steps) < last:
     raise WorkdirError(
         f"Asked to average the last {last} checkpoints but {os.path.abspath(workdir)}/checkpoints "
-        f"keeps only {len(steps)} (steps {translator_lib.line_list(steps)}). Use --last="
+        f"keeps only {len(steps)} (steps {workdir_lib.line_list(steps)}). Use --last="
         f"{len(steps)}, or train with config.keep_checkpoints >= {last}.")
   return steps[-last:]
 
@@ -53,13 +53,13 @@ def average_checkpoints(workdir: str, last: int = 5) -> tuple[Any, Any, list[int
   total = None
   for step in steps:
     info = CheckpointInfo("step", os.path.join(directory, str(step)), step)
-    step_config = translator_lib.load_model_config(workdir, info)
+    step_config = workdir_lib.load_model_config(workdir, info)
     if config is None:
       config = step_config
     elif _shape(step_config) != _shape(config):
       raise WorkdirError(f"Checkpoint of step {step} holds a model of another shape than step "
                          f"{steps[0]}; cannot average them.")
-    params = translator_lib.restore_params(info, config)
+    params = workdir_lib.restore_params(info, config)
     as_f32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     total = as_f32 if total is None else jax.tree.map(jnp.add, total, as_f32)
     dtypes = jax.tree.map(lambda x: x.dtype, params)
@@ -77,7 +77,7 @@ def save_averaged(path: str, params: Any, config, steps: Sequence[int]) -> None:
   """Writes an averaged checkpoint (params, model, averaging) to `path`, replacing one there."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from transformer.training.checkpointing import model_config_json  # pylint: disable=g-import-not-at-top
-  translator_lib._quiet_orbax()  # pylint: disable=protected-access
+  workdir_lib.quiet_orbax()
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   checkpointer.save(os.path.abspath(path), args=ocp.args.Composite(
       params=ocp.args.StandardSave(params),

@@ -8,7 +8,7 @@ WORKDIR/eval_<split>.txt.
 
 The trainer calls `evaluate_split(config, workdir, split, params=..., tokenizer=...,
 max_examples=...)` with its in-memory parameters; the command loads them from a checkpoint
-(`--checkpoint=latest|best|averaged|STEP|DIR`, see transformer/translator.py).
+(`--checkpoint=latest|best|averaged|STEP|DIR`, see transformer/workdir.py).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from transformer import translator as translator_lib
+from transformer import workdir as workdir_lib
 from transformer.scores import score_translations
-from transformer.translator import Translator, WorkdirError
+from transformer.translator import Translator
+from transformer.workdir import WorkdirError
 
 SPLIT_KEYS = {"train": "train_split", "validation": "eval_split", "test": "test_split"}
 
@@ -38,7 +39,7 @@ def resolve_split(config, split: str) -> str:
 def _run_config(config, workdir: str):
   if config is not None:
     return config
-  config = translator_lib.load_run_config(workdir)
+  config = workdir_lib.load_run_config(workdir)
   if config is None:
     raise WorkdirError(
         f"No run config in {os.path.abspath(workdir)}: config.json is missing, so the data to "
@@ -75,10 +76,10 @@ def evaluate_split(config, workdir: str, split: str, *, params=None, tokenizer=N
   """
   from transformer.data import load_pairs  # pylint: disable=g-import-not-at-top
   if tokenizer is None:
-    tokenizer = translator_lib.load_tokenizer(workdir)
+    tokenizer = workdir_lib.load_tokenizer(workdir)
   config = _run_config(config, workdir)
   if params is None:
-    params, model_config, info = translator_lib.load_params(workdir, checkpoint)
+    params, model_config, info = workdir_lib.load_params(workdir, checkpoint)
     checkpoint_text, step = info.describe(), info.step
   else:
     if model_config is None:

@@ -21,7 +21,7 @@ import time
 from absl import app, flags, logging
 
 from transformer import translator as translator_lib
-from transformer.translator import WorkdirError, line_list
+from transformer.workdir import WorkdirError, line_list
 
 
 def read_lines(data: bytes) -> tuple[list[str], list[int]]:
