@@ -78,7 +78,7 @@ def test_gradient_accumulation_reads_k_batches_per_step(tmp_path):
 def test_at_most_two_steps_are_in_flight(monkeypatch):
   waited = []
   monkeypatch.setattr(trainer.jax, "block_until_ready", waited.append)
-  window = trainer._StepsInFlight(limit=2)  # pylint: disable=protected-access
+  buffer = trainer._MetricsBuffer(max_in_flight=2)  # pylint: disable=protected-access
   for step in range(1, 6):
-    window.add(step)
+    buffer.add(step, {"loss_sum": step})
   assert waited == [1, 2, 3]  # adding step n waits for step n - 2

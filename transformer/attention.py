@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from transformer.config import TransformerConfig
 
 Array = jax.Array
+# Decoding-cache variables of encoder-decoder attention: computed once from the source.
+CROSS_CACHE_NAMES = ("cross_key", "cross_value", "cross_mask")
 
 
 def segment_mask(query_segments: Array, key_segments: Array) -> Array:

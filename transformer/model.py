@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer.attention import MultiHeadAttention, causal_mask, segment_mask
+from transformer.attention import (CROSS_CACHE_NAMES, MultiHeadAttention, causal_mask,
+                                   segment_mask)
 from transformer.config import BOS_ID, PAD_ID, TransformerConfig
 from transformer.layers import Embedding, FeedForward, PositionalEncoding, sublayer_connection
 
@@ -195,14 +196,11 @@ def init_decode_cache(config: TransformerConfig, params: Any, inputs: Array,
   return variables["cache"]
 
 
-SOURCE_CACHE_NAMES = ("cross_key", "cross_value", "cross_mask")
-
-
 def is_source_cache(path) -> bool:
   """True for the decoding cache leaves computed from the source alone (cross-attention keys,
   values and mask): equal on every beam of a sentence, so beam search need not reorder them."""
   last = path[-1] if path else None
-  return getattr(last, "key", None) in SOURCE_CACHE_NAMES
+  return getattr(last, "key", None) in CROSS_CACHE_NAMES
 
 
 def decode_step(config: TransformerConfig, params: Any, cache: Any,

@@ -79,11 +79,14 @@ def train_step(state: TrainState, batch: dict, *, model_config, tx, label_smooth
     loss, metrics = loss_and_metrics(logits, batch["targets"], label_smoothing)
     return (metrics["loss_sum"] if accumulate else loss), metrics
 
+  def apply(grads):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state
+
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   metrics["source_tokens"] = jnp.sum(batch["inputs"] != 0).astype(jnp.float32)
   if not accumulate:
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = apply(grads)
     metrics["grad_norm"] = optax.global_norm(grads)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -92,9 +95,9 @@ def train_step(state: TrainState, batch: dict, *, model_config, tx, label_smooth
            "tokens": state.accum["tokens"] + metrics["tokens"]}
 
   def update(_):
-    mean_grads = jax.tree.map(lambda g: g / jnp.maximum(accum["tokens"], 1.0), accum["grads"])
-    updates, opt_state = tx.update(mean_grads, state.opt_state, state.params)
-    return optax.apply_updates(state.params, updates), opt_state, _zero_accum(state.params)
+    params, opt_state = apply(
+        jax.tree.map(lambda g: g / jnp.maximum(accum["tokens"], 1.0), accum["grads"]))
+    return params, opt_state, _zero_accum(state.params)
 
   def wait(_):
     return state.params, state.opt_state, accum

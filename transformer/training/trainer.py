@@ -9,7 +9,6 @@ Steps count optimizer updates: with `grad_accum_steps = k` every step reads k ba
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import json
@@ -148,27 +147,21 @@ def _add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
-class _StepsInFlight:
-  """Waits (without copying anything) for the step `limit` steps back before another is added."""
-
-  def __init__(self, limit: int = MAX_STEPS_IN_FLIGHT):
-    self.limit = limit
-    self.pending: collections.deque = collections.deque()
-
-  def add(self, step_output) -> None:
-    self.pending.append(step_output)
-    while len(self.pending) > self.limit:
-      jax.block_until_ready(self.pending.popleft())
-
-
 class _MetricsBuffer:
-  """Device metrics of the steps since the last sync; fetched in one transfer when needed."""
+  """Device metrics of the steps since the last sync; fetched in one transfer when needed.
 
-  def __init__(self):
+  Adding a step's metrics waits (copying nothing) for the step `max_in_flight` steps back, so at
+  most that many dispatched steps are unfinished.
+  """
+
+  def __init__(self, max_in_flight: int = MAX_STEPS_IN_FLIGHT):
+    self.max_in_flight = max_in_flight
     self.pending: list[tuple[int, dict]] = []
 
   def add(self, step: int, metrics: dict) -> None:
     self.pending.append((step, metrics))
+    if len(self.pending) > self.max_in_flight:
+      jax.block_until_ready(self.pending[-1 - self.max_in_flight][1]["loss_sum"])
 
   def fetch(self) -> list[tuple[int, dict]]:
     """Host copies of the pending metrics; raises FloatingPointError at the first bad loss."""
@@ -265,7 +258,6 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
   writer = MetricWriter(workdir)
   watcher = PreemptionWatcher()
   buffer = _MetricsBuffer()
-  in_flight = _StepsInFlight()
   num_steps = config.num_train_steps
   bar = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=jax.process_index() != 0, mininterval=1.0, desc="train")
@@ -283,7 +275,6 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
         state, micro = train_fn(state, sharding.global_batch(batch, mesh))
         metrics = micro if metrics is None else _add(metrics, micro)
       buffer.add(step, metrics)
-      in_flight.add(metrics["loss_sum"])
       interval_steps += 1
       bar.update(1)
 
@@ -354,10 +345,12 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
     logging.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Run the same "
                     "command to resume.", last_saved, checkpointer.directory)
     return state
-  if data.tokenizer is not None and config.get("test_split", "test"):
-    final_evaluation(config, workdir, state, data.tokenizer)
-  elif data.tokenizer is not None:
+  if data.tokenizer is None:
+    return state
+  if not config.test_split:
     logging.info("config.test_split is empty: no final test evaluation (run "
                  "python -m transformer.evaluate --workdir=%s --split=NAME for one).", workdir)
+    return state
+  final_evaluation(config, workdir, state, data.tokenizer)
   return state
 
