@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from transformer import attention_kernels
+from transformer.attention_kernels import AttentionCall, AttentionMask
 from transformer.config import TransformerConfig
 
 Array = jax.Array
@@ -35,33 +37,40 @@ def causal_mask(length: int) -> Array:
   return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
 
 
-def attention_weights(query: Array, key: Array, mask: Array | None) -> Array:
-  """softmax(Q K^T / sqrt(d_k)) of eq. (1), in float32. [batch, heads, q_len, k_len]."""
+def attention_weights(query: Array, key: Array, mask: AttentionMask | Array | None) -> Array:
+  """softmax(Q K^T / sqrt(d_k)) of eq. (1), in float32. [batch, heads, q_len, k_len].
+
+  The products Q K^T accumulate and come out in float32 (`preferred_element_type`) whatever the
+  compute dtype, so bfloat16 inputs lose nothing in the logits or the softmax.
+  """
   depth = query.shape[-1]
-  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
   logits = logits / jnp.sqrt(jnp.float32(depth))
+  if isinstance(mask, AttentionMask):
+    mask = mask.dense()
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   return jax.nn.softmax(logits, axis=-1)
 
 
-def scaled_dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None, *,
+def scaled_dot_product_attention(query: Array, key: Array, value: Array,
+                                 mask: AttentionMask | Array | None, *,
                                  implementation: str = "einsum") -> Array:
   """§3.2.1, eq. (1): Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
 
   Args:
     query: [batch, q_len, heads, d_k]; key: [batch, k_len, heads, d_k]; value: [batch, k_len,
-      heads, d_v]; mask: boolean, broadcastable to [batch, heads, q_len, k_len].
-    implementation: "einsum", a plain reference, or "dot_product", `jax.nn.dot_product_attention`
-      (cuDNN's fused kernel on NVIDIA GPUs, XLA elsewhere).
+      heads, d_v]; mask: an `AttentionMask` (segments and causality), or a boolean array
+      broadcastable to [batch, heads, q_len, k_len] (einsum and xla only).
+    implementation: "einsum", the plain reference below, or a fused kernel of
+      `attention_kernels` ("xla", "cudnn", "pallas_gpu", "splash"), run as named: the choice
+      among them (and "auto") is `attention_kernels.select`'s.
   Returns:
     [batch, q_len, heads, d_v] in the dtype of `value`.
   """
-  if implementation == "dot_product":
-    if mask is not None:
-      mask = jnp.broadcast_to(
-          mask, (query.shape[0], mask.shape[1], query.shape[1], key.shape[1]))
-    return jax.nn.dot_product_attention(query, key, value, mask=mask)
+  implementation = attention_kernels.ALIASES.get(implementation, implementation)
+  if implementation != "einsum":
+    return attention_kernels.FUSED[implementation](query, key, value, mask)
   weights = attention_weights(query, key, mask)
   return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
 
@@ -87,7 +96,8 @@ class MultiHeadAttention(nn.Module):
     cfg = self.config
     dense = functools.partial(
         nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), dtype=cfg.compute_dtype,
-        param_dtype=cfg.params_dtype, kernel_init=nn.initializers.xavier_uniform())
+        param_dtype=cfg.params_dtype, use_bias=cfg.attention_bias,
+        kernel_init=nn.initializers.xavier_uniform())
     query = dense(name="query")(inputs_q)  # [batch, q_len, heads, d_k]
     if cfg.decode and self.is_cross:
       key, value, mask = self._cached_cross_attention(dense, inputs_kv, mask)
@@ -98,6 +108,11 @@ class MultiHeadAttention(nn.Module):
         key, value, mask = self._append_to_cache(key, value, mask, cache_len)
 
     if cfg.attention_dropout_rate > 0 and not cfg.deterministic:
+      if cfg.attention_impl != "einsum":
+        attention_kernels.announce(
+            f"attention_dropout_rate={cfg.attention_dropout_rate} needs the attention weights: "
+            f"training attention runs 'einsum', not attention_impl={cfg.attention_impl!r}.",
+            warning=True)
       weights = attention_weights(query, key, mask)
       self._sow_weights(weights)
       weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=False)
@@ -106,10 +121,28 @@ class MultiHeadAttention(nn.Module):
       if self.is_mutable_collection("intermediates"):
         self._sow_weights(attention_weights(query, key, mask))
       out = scaled_dot_product_attention(query, key, value, mask,
-                                         implementation=cfg.attention_impl)
+                                         implementation=self._kernel(query, key, mask))
     return nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-        kernel_init=nn.initializers.xavier_uniform(), name="out")(out)
+        use_bias=cfg.attention_bias, kernel_init=nn.initializers.xavier_uniform(),
+        name="out")(out)
+
+  def _kernel(self, query: Array, key: Array, mask) -> str:
+    """The kernel for this call: `config.attention_impl` where it can serve it (see
+    attention_kernels.choose_kernel); "einsum" is always the reference itself."""
+    cfg = self.config
+    if cfg.attention_impl == "einsum":
+      return "einsum"
+    device = jax.devices()[0]
+    capability = getattr(device, "compute_capability", None)
+    structured = isinstance(mask, AttentionMask)
+    call = AttentionCall(
+        platform=jax.default_backend(), dtype=cfg.dtype, head_dim=query.shape[-1],
+        q_len=query.shape[1], k_len=key.shape[1],
+        causal=structured and mask.causal, packed=structured and mask.packed,
+        dense_mask=mask is not None and not structured,
+        gpu_compute_capability=float(capability) if capability else None)
+    return attention_kernels.select(cfg.attention_impl, call)
 
   def _sow_weights(self, weights: Array) -> None:
     self.sow("intermediates", "attention_weights", weights)

@@ -22,7 +22,13 @@ UNK_ID = 3
 
 NORM_ORDERS = ("post", "pre")
 POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
-ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product")
+ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn", "pallas_gpu", "splash",
+                             "dot_product")
+# Rematerialisation (gradient checkpointing) of each layer in the backward pass: "none" keeps
+# every activation; "dots" keeps the outputs of the matmuls without batch dimensions (the
+# projections and the feed-forward network) and recomputes the rest, attention scores included;
+# "full" keeps only each layer's input.
+REMAT_POLICIES = ("none", "dots", "full")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -44,8 +50,15 @@ class TransformerConfig:
     max_len: the longest sequence the model accepts (and the size of the positional table).
     positional_encoding: "sinusoidal" (§3.5, the paper's) or "learned".
     norm_order: "post" (`LayerNorm(x + Dropout(Sublayer(x)))`, the paper's) or "pre".
-    attention_impl: "einsum" (a plain reference) or "dot_product" (`jax.nn.dot_product_attention`,
-      cuDNN's fused kernel on GPU).
+    attention_impl: "einsum" (a plain reference), a fused kernel ("xla", "cudnn", "pallas_gpu",
+      "splash"; see transformer/attention_kernels.py) or "auto", the fastest kernel that serves
+      each call on the platform at hand. "dot_product" is the old name of "xla".
+    attention_bias: bias vectors in the attention projections. The paper's W^Q, W^K, W^V, W^O
+      have none (§3.2.2), so False; True restores this project's first versions.
+    scan_layers: run the N identical layers of each stack as one `nn.scan` (parameters stacked
+      on a leading axis): compile time no longer grows with depth. Same function as unrolled.
+    remat_policy: rematerialisation of each layer in the backward pass: "none", "dots" or
+      "full" (see REMAT_POLICIES); trades compute for activation memory.
     dtype: computation dtype name ("float32", "bfloat16"); parameters stay in `param_dtype`.
     param_dtype: parameter dtype name.
     layer_norm_epsilon: epsilon of every LayerNorm.
@@ -66,6 +79,9 @@ class TransformerConfig:
   positional_encoding: str = "sinusoidal"
   norm_order: str = "post"
   attention_impl: str = "einsum"
+  attention_bias: bool = False
+  scan_layers: bool = False
+  remat_policy: str = "none"
   dtype: str = "float32"
   param_dtype: str = "float32"
   layer_norm_epsilon: float = 1e-6
@@ -112,6 +128,7 @@ class TransformerConfig:
         "norm_order": NORM_ORDERS,
         "positional_encoding": POSITIONAL_ENCODINGS,
         "attention_impl": ATTENTION_IMPLEMENTATIONS,
+        "remat_policy": REMAT_POLICIES,
         "dtype": tuple(DTYPES),
         "param_dtype": tuple(DTYPES),
     }

@@ -61,9 +61,10 @@ class Embedding(nn.Module):
     return x * jnp.sqrt(jnp.asarray(cfg.d_model, cfg.compute_dtype))
 
   def attend(self, x: Array) -> Array:
-    """Logits x E^T, returned in float32."""
+    """Logits x E^T, accumulated and returned in float32 (`preferred_element_type`), so a
+    bfloat16 model's softmax over the vocabulary sees float32 logits."""
     table = self.table.astype(self.config.compute_dtype)
-    return jnp.einsum("bld,vd->blv", x, table).astype(jnp.float32)
+    return jnp.einsum("bld,vd->blv", x, table, preferred_element_type=jnp.float32)
 
 
 class PositionalEncoding(nn.Module):

@@ -9,8 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer.attention import (CROSS_CACHE_NAMES, MultiHeadAttention, causal_mask,
-                                   segment_mask)
+from transformer.attention import CROSS_CACHE_NAMES, MultiHeadAttention, segment_mask
+from transformer.attention_kernels import AttentionMask
 from transformer.config import BOS_ID, PAD_ID, TransformerConfig
 from transformer.layers import Embedding, FeedForward, PositionalEncoding, sublayer_connection
 
@@ -38,27 +38,62 @@ def _final_norm(cfg: TransformerConfig, x: Array) -> Array:
                       param_dtype=cfg.params_dtype, name="final_norm")(x)
 
 
+# jax.checkpoint policies of TransformerConfig.remat_policy (config.REMAT_POLICIES).
+REMAT_POLICIES = {
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def layer_stack(cfg: TransformerConfig, layer: type[nn.Module], count: int, x: Array,
+                *args) -> Array:
+  """Applies `count` identical layers to `x` (the other arguments are shared by every layer).
+
+  Unrolled, the layers are children "layer_0" ... "layer_{N-1}". With `cfg.scan_layers` they are
+  one `nn.scan` named "layers" whose parameters carry a leading axis of size N: XLA compiles one
+  layer instead of N. `cfg.remat_policy` wraps each layer in `nn.remat` (training only).
+  Call from inside a compact module.
+  """
+  if cfg.remat_policy != "none" and not cfg.decode:
+    layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat_policy],
+                     prevent_cse=not cfg.scan_layers)
+  if not cfg.scan_layers:
+    for i in range(count):
+      x = layer(cfg, name=f"layer_{i}")(x, *args)
+    return x
+  if cfg.decode:
+    raise ValueError("Decoding runs unrolled layers: pass the parameters through "
+                     "unrolled_params(config, params) with config.replace(scan_layers=False).")
+  scanned = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                    in_axes=(nn.broadcast,) * len(args), length=count)
+  x, _ = scanned(cfg, scanned=True, name="layers")(x, *args)
+  return x
+
+
 class EncoderLayer(nn.Module):
   """§3.1 Encoder layer: multi-head self-attention, then the feed-forward network."""
 
   config: TransformerConfig
+  scanned: bool = False  # inside nn.scan: return (carry, None)
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array) -> Array:
+  def __call__(self, x: Array, mask: AttentionMask) -> Array:
     cfg = self.config
     attention = MultiHeadAttention(cfg, name="self_attention")
     x = sublayer_connection(cfg, x, lambda h: attention(h, h, mask), "self_attention")
-    return sublayer_connection(cfg, x, FeedForward(cfg, name="feed_forward"), "feed_forward")
+    x = sublayer_connection(cfg, x, FeedForward(cfg, name="feed_forward"), "feed_forward")
+    return (x, None) if self.scanned else x
 
 
 class DecoderLayer(nn.Module):
   """§3.1 Decoder layer: masked self-attention, encoder-decoder attention, feed-forward."""
 
   config: TransformerConfig
+  scanned: bool = False  # inside nn.scan: return (carry, None)
 
   @nn.compact
-  def __call__(self, y: Array, encoded: Array | None, self_mask: Array | None,
-               cross_mask: Array | None, cache_len: int | None = None) -> Array:
+  def __call__(self, y: Array, encoded: Array | None, self_mask: AttentionMask | None,
+               cross_mask: AttentionMask | Array | None, cache_len: int | None = None) -> Array:
     cfg = self.config
     self_attention = MultiHeadAttention(cfg, name="self_attention")
     cross_attention = MultiHeadAttention(cfg, is_cross=True, name="cross_attention")
@@ -66,7 +101,8 @@ class DecoderLayer(nn.Module):
                             "self_attention")
     y = sublayer_connection(cfg, y, lambda h: cross_attention(h, encoded, cross_mask),
                             "cross_attention")
-    return sublayer_connection(cfg, y, FeedForward(cfg, name="feed_forward"), "feed_forward")
+    y = sublayer_connection(cfg, y, FeedForward(cfg, name="feed_forward"), "feed_forward")
+    return (y, None) if self.scanned else y
 
 
 class Encoder(nn.Module):
@@ -80,11 +116,10 @@ class Encoder(nn.Module):
                positions: Array | None = None) -> Array:
     cfg = self.config.replace(decode=False)  # The encoder never caches: it runs once per source.
     segments = _segments(inputs, segmentation)
-    mask = segment_mask(segments, segments)
+    mask = AttentionMask(segments, segments, packed=segmentation is not None)
     x = PositionalEncoding(cfg, name="positional_encoding")(
         self.embedding(inputs), positions)
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask)
+    x = layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, x, mask)
     return _final_norm(cfg, x)
 
 
@@ -108,12 +143,18 @@ class Decoder(nn.Module):
     else:
       decoder_inputs = shift_right(targets, targets_segmentation)
       target_segments = _segments(targets, targets_segmentation)
-      self_mask = segment_mask(target_segments, target_segments) & causal_mask(targets.shape[1])
-      cross_mask = segment_mask(target_segments, _segments(inputs, inputs_segmentation))
+      packed = targets_segmentation is not None
+      self_mask = AttentionMask(target_segments, target_segments, causal=True, packed=packed)
+      cross_mask = AttentionMask(target_segments, _segments(inputs, inputs_segmentation),
+                                 packed=packed)
     y = PositionalEncoding(cfg, name="positional_encoding")(
         self.embedding(decoder_inputs), targets_positions)
-    for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f"layer_{i}")(y, encoded, self_mask, cross_mask, cache_len)
+    if cfg.decode:
+      for i in range(cfg.num_decoder_layers):
+        y = DecoderLayer(cfg, name=f"layer_{i}")(y, encoded, self_mask, cross_mask, cache_len)
+    else:
+      y = layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y, encoded, self_mask,
+                      cross_mask)
     y = _final_norm(cfg, y)
     if self.output_embedding is None:
       return self.embedding.attend(y)
@@ -177,6 +218,23 @@ def count_params(params: Any) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
+def unrolled_params(config: TransformerConfig, params: Any) -> tuple[TransformerConfig, Any]:
+  """Parameters of a `scan_layers` model as the unrolled model names them ("layers" with a
+  leading axis of N -> "layer_0" ... "layer_{N-1}"), and the config to match. Decoding runs the
+  layers unrolled (its cache is per layer); other configs pass through unchanged."""
+  if not config.scan_layers:
+    return config, params
+  params = dict(params)
+  for stack, count in (("encoder", config.num_encoder_layers),
+                       ("decoder", config.num_decoder_layers)):
+    tree = dict(params[stack])
+    stacked = tree.pop("layers")
+    for i in range(count):
+      tree[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    params[stack] = tree
+  return config.replace(scan_layers=False), params
+
+
 def init_decode_cache(config: TransformerConfig, params: Any, inputs: Array,
                       max_decode_len: int) -> Any:
   """Encodes `inputs` once and returns a decoding cache for up to `max_decode_len` steps.
@@ -188,6 +246,7 @@ def init_decode_cache(config: TransformerConfig, params: Any, inputs: Array,
   if max_decode_len > config.max_len:
     raise ValueError(f"max_decode_len={max_decode_len} exceeds TransformerConfig.max_len="
                      f"{config.max_len}.")
+  config, params = unrolled_params(config, params)
   model = Transformer(config.replace(decode=True, deterministic=True))
   encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
   first = jnp.full((inputs.shape[0], 1), BOS_ID, jnp.int32)
@@ -205,7 +264,11 @@ def is_source_cache(path) -> bool:
 
 def decode_step(config: TransformerConfig, params: Any, cache: Any,
                 tokens: Array) -> tuple[Array, Any]:
-  """One decoding step: previous tokens [N, 1] -> (next-token logits [N, vocab], new cache)."""
+  """One decoding step: previous tokens [N, 1] -> (next-token logits [N, vocab], new cache).
+
+  A `scan_layers` model's parameters are unstacked here; under jit (the decoding loop) the
+  slices depend on nothing that changes per step, so XLA hoists them out of the loop."""
+  config, params = unrolled_params(config, params)
   model = Transformer(config.replace(decode=True, deterministic=True))
   logits, variables = model.apply({"params": params, "cache": cache}, None, None, tokens,
                                   method=Transformer.decode, mutable=["cache"])

@@ -103,7 +103,10 @@ def _read_config_json(workdir: str) -> dict | None:
 
 def model_config_from_json(record: dict) -> TransformerConfig:
   fields = {f.name for f in dataclasses.fields(TransformerConfig)}
-  return TransformerConfig(**{k: v for k, v in record.items() if k in fields})
+  values = {k: v for k, v in record.items() if k in fields}
+  # Workdirs written before `attention_bias` existed hold models with attention biases.
+  values.setdefault("attention_bias", True)
+  return TransformerConfig(**values)
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
