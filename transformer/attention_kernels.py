@@ -209,8 +209,9 @@ def _splash_kernel(heads: int, q_len: int, k_len: int, causal: bool, interpret: 
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
   one = masks.CausalMask((q_len, k_len)) if causal else masks.FullMask((q_len, k_len))
-  kernel = splash.make_splash_mha(masks.MultiHeadMask([one] * heads), head_shards=1,
-                                  q_seq_shards=1, interpret=interpret)
+  with jax.ensure_compile_time_eval():  # the mask's block tables are constants, not tracers
+    kernel = splash.make_splash_mha(masks.MultiHeadMask([one] * heads), head_shards=1,
+                                    q_seq_shards=1, interpret=interpret)
   return kernel, splash.SegmentIds
 
 

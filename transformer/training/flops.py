@@ -19,22 +19,29 @@ pass costs twice the forward). A step with gradient accumulation k counts k batc
 
 from __future__ import annotations
 
-# Peak dense FLOP/s per device, by `device_kind` substring and compute dtype. GPUs' float32
-# figures are TF32 tensor-core peaks (XLA uses TF32 for float32 matmuls by default).
-PEAK_FLOPS = {
-    # name: (bfloat16, float32)
-    "TPU v6": (918e12, 918e12 / 2),
-    "TPU v5p": (459e12, 459e12 / 2),
-    "TPU v5 lite": (197e12, 197e12 / 2),
-    "TPU v5e": (197e12, 197e12 / 2),
-    "TPU v4": (275e12, 275e12 / 2),
-    "TPU v3": (123e12, 123e12 / 2),
-    "H200": (989e12, 494e12),
-    "H100": (989e12, 494e12),
-    "A100": (312e12, 156e12),
-    "L4": (121e12, 60e12),
-    "A10": (125e12, 62.5e12),
-}
+# Peak dense (not sparse) FLOP/s per device: (pattern in `device.device_kind`, name, bfloat16,
+# float32). GPUs' float32 figures are TF32 tensor-core peaks, which XLA uses for float32 matmuls
+# by default; TPUs have no float32 matmul peak of their own (XLA runs passes of bfloat16), so
+# they report none. Order matters: the first pattern found in the kind string decides, so more
+# specific names ("H100 PCIe", "L40S", "A100") come before those they contain ("H100", "L4",
+# "A10"). Vendors' datasheets: NVIDIA H100 SXM/PCIe/NVL, H200, A100, L4, L40S; Google Cloud TPU
+# system architecture pages (v4, v5e, v5p, v6e).
+PEAK_FLOPS = (
+    ("H100 PCIe", "H100 PCIe", 756e12, 378e12),
+    ("H100 NVL", "H100 NVL", 835e12, 418e12),
+    ("H100", "H100 SXM", 989e12, 494e12),
+    ("H200", "H200", 989e12, 494e12),
+    ("A100", "A100", 312e12, 156e12),
+    ("L40S", "L40S", 362e12, 183e12),
+    ("L4", "L4", 121e12, 60e12),
+    ("TPU v6 lite", "TPU v6e", 918e12, None),
+    ("TPU v6e", "TPU v6e", 918e12, None),
+    ("TPU v5 lite", "TPU v5e", 197e12, None),
+    ("TPU v5e", "TPU v5e", 197e12, None),
+    ("TPU v5p", "TPU v5p", 459e12, None),
+    ("TPU v5", "TPU v5p", 459e12, None),
+    ("TPU v4", "TPU v4", 275e12, None),
+)
 
 
 def forward_flops(*, rows: int, source_len: int, target_len: int, d_model: int, d_ff: int,
@@ -61,13 +68,23 @@ def train_step_flops(model_config, *, rows: int, source_len: int, target_len: in
   return 3.0 * fwd * grad_accum_steps
 
 
+def batch_flops(model_config, batch: dict, process_count: int = 1) -> float:
+  """FLOPs of one train step on `batch` (this host's rows; every host's batch has this shape)."""
+  rows, source_len = batch["inputs"].shape
+  return train_step_flops(model_config, rows=rows * process_count, source_len=source_len,
+                          target_len=batch["targets"].shape[1])
+
+
 def peak_flops_per_device(device, dtype: str = "bfloat16") -> tuple[float | None, str]:
-  """(peak FLOP/s, description) for a jax device, or (None, reason) when unknown (CPU)."""
+  """(peak FLOP/s, description) for a jax device, or (None, "unknown ...") when not known:
+  CPUs, kinds not in PEAK_FLOPS, and float32 on TPUs. Never a guess."""
   kind = getattr(device, "device_kind", "") or ""
   if device.platform == "cpu":
     return None, f"unknown for CPU ({kind})"
-  for name, (bf16, fp32) in PEAK_FLOPS.items():
-    if name.lower() in kind.lower():
+  for pattern, name, bf16, fp32 in PEAK_FLOPS:
+    if pattern.lower() in kind.lower():
       peak = bf16 if dtype in ("bfloat16", "float16") else fp32
+      if peak is None:
+        return None, f"unknown for {name} in {dtype}"
       return peak, f"{peak / 1e12:.0f} TFLOP/s per device ({name}, {dtype} dense)"
   return None, f"unknown for {kind!r}"
