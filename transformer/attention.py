@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from transformer import attention_kernels
 from transformer.attention_kernels import AttentionCall, AttentionMask
 from transformer.config import TransformerConfig
+from transformer.precision import einsum_float32
 
 Array = jax.Array
 # Decoding-cache variables of encoder-decoder attention: computed once from the source.
@@ -40,11 +41,11 @@ def causal_mask(length: int) -> Array:
 def attention_weights(query: Array, key: Array, mask: AttentionMask | Array | None) -> Array:
   """softmax(Q K^T / sqrt(d_k)) of eq. (1), in float32. [batch, heads, q_len, k_len].
 
-  The products Q K^T accumulate and come out in float32 (`preferred_element_type`) whatever the
-  compute dtype, so bfloat16 inputs lose nothing in the logits or the softmax.
+  The products Q K^T accumulate and come out in float32 whatever the compute dtype, so bfloat16
+  inputs lose nothing in the logits or the softmax (transformer/precision.py).
   """
   depth = query.shape[-1]
-  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+  logits = einsum_float32("bqhd,bkhd->bhqk", query, key)
   logits = logits / jnp.sqrt(jnp.float32(depth))
   if isinstance(mask, AttentionMask):
     mask = mask.dense()

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer.config import TransformerConfig
+from transformer.precision import einsum_float32
 
 Array = jax.Array
 
@@ -61,10 +62,10 @@ class Embedding(nn.Module):
     return x * jnp.sqrt(jnp.asarray(cfg.d_model, cfg.compute_dtype))
 
   def attend(self, x: Array) -> Array:
-    """Logits x E^T, accumulated and returned in float32 (`preferred_element_type`), so a
-    bfloat16 model's softmax over the vocabulary sees float32 logits."""
+    """Logits x E^T, accumulated and returned in float32, so a bfloat16 model's softmax over
+    the vocabulary sees float32 logits (transformer/precision.py)."""
     table = self.table.astype(self.config.compute_dtype)
-    return jnp.einsum("bld,vd->blv", x, table, preferred_element_type=jnp.float32)
+    return einsum_float32("bld,vd->blv", x, table)
 
 
 class PositionalEncoding(nn.Module):

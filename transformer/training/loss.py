@@ -39,11 +39,15 @@ def token_losses(logits: jax.Array, targets: jax.Array, label_smoothing: float):
     (smoothed, nll), each [rows, T] float32.
   """
   vocab_size = logits.shape[-1]
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [rows, T, V]
-  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [rows, T]
+  logits = logits.astype(jnp.float32)
+  # log p(v) = z_v - logsumexp(z), written so that no [rows, T, V] array of log-probabilities is
+  # materialised: the reductions read the logits once (they are the largest array of the step).
+  normalizer = jax.nn.logsumexp(logits, axis=-1)  # [rows, T]
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = normalizer - target_logit
   if label_smoothing <= 0:
     return nll, nll
-  uniform = -jnp.mean(log_probs, axis=-1)  # -sum_v (1/V) log p(v)
+  uniform = normalizer - jnp.mean(logits, axis=-1)  # -sum_v (1/V) log p(v)
   smoothed = (1.0 - label_smoothing) * nll + label_smoothing * uniform
   smoothed = smoothed - smoothed_targets_entropy(vocab_size, label_smoothing)
   return smoothed, nll
@@ -61,7 +65,9 @@ def loss_and_metrics(logits: jax.Array, targets: jax.Array, label_smoothing: flo
   smoothed, nll = token_losses(logits, targets, label_smoothing)
   tokens = jnp.sum(weights)
   loss_sum = jnp.sum(smoothed * weights)
-  correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+  # A token is predicted correctly when its logit is the largest (a tie counts as correct).
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  correct = jnp.sum((target_logit >= jnp.max(logits, axis=-1)) * weights)
   metrics = {"loss_sum": loss_sum, "nll_sum": jnp.sum(nll * weights), "correct": correct,
              "tokens": tokens}
   return loss_sum / jnp.maximum(tokens, 1.0), metrics
