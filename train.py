@@ -16,6 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from transformer import compilation_cache
 from transformer.training.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -44,8 +45,10 @@ def main(argv):
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     name = os.path.splitext(os.path.basename(config_file))[0]
     workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+  cache = compilation_cache.enable(_CONFIG.value.get("compilation_cache_dir", "auto"))
   if jax.process_index() == 0:
     print(f"Workdir: {os.path.abspath(workdir)}", flush=True)
+    print(f"Compilation cache: {cache or 'off'}", flush=True)
   train_and_evaluate(_CONFIG.value, workdir)
 
 

@@ -27,8 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.overlong = "drop"          # what to do with longer pairs: "drop" | "truncate"
   config.batching = "packed"        # "padded" | "tokens" (token budget, length buckets) | "packed"
   config.batch_size = 64            # rows per global batch for "padded" and "packed"
-  config.tokens_per_batch = 4096    # global token budget per batch for "tokens": rows x length
-                                    # of each of inputs and targets (padding counted)
+  config.tokens_per_batch = 4096    # global token budget per batch for "tokens", per side
+  config.token_budget = "padded"    # what the budget counts: "real" tokens (§5.1; rows per
+                                    # bucket from its mean length) | "padded" positions (rows x L)
   config.length_buckets = ""        # for "tokens": e.g. "16,32,64"; "" = 8,16,24,32,48,64,96,...
   config.pack_window = 16384        # for "packed": examples packed together (more = denser rows)
   config.eval_batch_size = 256      # rows per batch when evaluating and decoding
@@ -63,8 +64,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_eval_batches = 4       # validation batches per evaluation (0 = the whole split)
   config.eval_bleu_examples = 200   # validation sentences translated for BLEU at each evaluation
   config.checkpoint_every_steps = 200
+  config.checkpoint_every_minutes = 0.0  # also save when this much time has passed (0 = off);
+                                    # §6.1 averages checkpoints written at 10-minute intervals
   config.keep_checkpoints = 3
   config.parallelism = "data"       # "data" | "fsdp"
+  config.compilation_cache_dir = "auto"  # JAX's persistent compilation cache, so a resume does
+                                    # not recompile: "auto" = ~/.cache/transformer/jax (or
+                                    # $XDG_CACHE_HOME/transformer/jax), a path, or "" for none
 
   # --- Decoding (§6.1) ---
   config.beam_size = 4

@@ -22,7 +22,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from transformer import workdir as workdir_lib
+from transformer import compilation_cache, workdir as workdir_lib
 from transformer.scores import score_translations
 from transformer.translator import Translator
 from transformer.workdir import WorkdirError
@@ -158,6 +158,7 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   logging.set_verbosity(logging.INFO)
+  compilation_cache.enable("auto")
   try:
     scores = evaluate_split(FLAGS.config, FLAGS.workdir, FLAGS.split,
                             checkpoint=FLAGS.checkpoint, beam_size=FLAGS.beam_size,

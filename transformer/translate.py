@@ -20,7 +20,7 @@ import time
 
 from absl import app, flags, logging
 
-from transformer import translator as translator_lib
+from transformer import compilation_cache, translator as translator_lib
 from transformer.workdir import WorkdirError, line_list
 
 
@@ -75,6 +75,7 @@ def main(argv):
   if FLAGS.input and not os.path.isfile(FLAGS.input):
     print(f"Error: --input={FLAGS.input} is not a file.", file=sys.stderr)
     sys.exit(1)
+  compilation_cache.enable("auto")
   try:
     translator, info = translator_lib.translator_from_workdir(
         FLAGS.workdir, FLAGS.checkpoint, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,

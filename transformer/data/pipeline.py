@@ -87,13 +87,41 @@ def length_buckets(config) -> list[int]:
   return [b for b in buckets if b <= config.max_length]
 
 
-def token_budget_rows(config, buckets, *, process_count: int, row_multiple: int) -> dict:
-  """Global rows per bucket: the most rows of length L within config.tokens_per_batch, in
-  multiples of process_count * row_multiple."""
+TOKEN_BUDGETS = ("real", "padded")
+
+
+def token_budget_rows(config, buckets, *, process_count: int, row_multiple: int,
+                      lengths: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+  """Global rows per bucket, in multiples of process_count * row_multiple.
+
+  config.token_budget = "padded": the most rows of length L within config.tokens_per_batch
+  positions. "real" (§5.1's "approximately 25000 source tokens and 25000 target tokens"): rows
+  such that the batch holds about config.tokens_per_batch real tokens on its longer side, from
+  the mean real length of each bucket's pairs in `lengths` (source, target lengths of the split;
+  a bucket with no pairs counts full rows). The shapes stay static, one per bucket.
+  """
   unit = process_count * row_multiple
+  counting = config.get("token_budget", "padded")
+  if counting not in TOKEN_BUDGETS:
+    raise ValueError(f"config.token_budget={counting!r} is unknown; allowed: "
+                     f"{', '.join(TOKEN_BUDGETS)}.")
+  if counting == "real" and lengths is None:
+    raise ValueError("token_budget='real' needs the split's lengths.")
   rows = {}
+  previous = 0
   for length in buckets:
-    r = int(config.tokens_per_batch) // length // unit * unit
+    per_row = float(length)
+    if counting == "real":
+      src_len, tgt_len = lengths
+      longest = np.maximum(src_len, tgt_len)
+      members = (longest <= length) & (longest > previous)
+      if members.any():
+        per_row = max(float(src_len[members].mean()), float(tgt_len[members].mean()))
+    previous = length
+    if counting == "real":
+      r = int(round(int(config.tokens_per_batch) / per_row / unit)) * unit
+    else:
+      r = int(config.tokens_per_batch) // length // unit * unit
     if r == 0:
       raise ValueError(
           f"config.tokens_per_batch={config.tokens_per_batch} cannot hold even {unit} rows "
@@ -142,10 +170,11 @@ def make_train_iterator(config, tok: Tokenizer, *, process_index: int = 0,
   else:
     buckets = length_buckets(config)
     rows = token_budget_rows(config, buckets, process_count=process_count,
-                             row_multiple=row_multiple)
+                             row_multiple=row_multiple, lengths=(ex.src_len, ex.tgt_len))
     plan = batching.TokenBudgetPlan(ex, seed, buckets=buckets, global_rows=rows,
                                     process_index=process_index, process_count=process_count)
-    logging.info("Token-budget buckets (length: global rows): %s", rows)
+    logging.info("Token-budget buckets (length: global rows, %s tokens): %s",
+                 config.get("token_budget", "padded"), rows)
   ds = batching.PlanIterDataset(plan)
   if config.prefetch > 0:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=config.prefetch)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from transformer.data import pipeline
 from transformer.training import sharding
 from transformer.training.checkpointing import Checkpointer, PreemptionWatcher
-from transformer.training.flops import peak_flops_per_device, train_step_flops
+from transformer.training.flops import batch_flops, peak_flops_per_device, train_step_flops
 from transformer.training.loss import summarize
 from transformer.training.optimizer import learning_rate_at, optimizer_from_config
 from transformer.training.steps import TrainState, eval_step, init_state, train_step
@@ -189,6 +189,19 @@ def _evaluate(eval_fn, params, batches: list[dict], mesh) -> dict | None:
   return None if sums is None else summarize(jax.device_get(sums))
 
 
+def _time_to_save(last_save_time: float, minutes: float, sync_point: bool) -> bool:
+  """`minutes` passed since the last save (process 0's clock decides, at log steps, when there
+  are several hosts, so all save the same step)."""
+  if not minutes:
+    return False
+  due = time.monotonic() - last_save_time >= 60.0 * minutes
+  if jax.process_count() == 1:
+    return due
+  if not sync_point:
+    return False
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+
+
 def _stop_requested(watcher: PreemptionWatcher, sync_point: bool) -> bool:
   """SIGTERM seen (on any host: all hosts agree, at log steps, when there are several)."""
   if jax.process_count() == 1:
@@ -263,15 +276,17 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
              disable=jax.process_index() != 0, mininterval=1.0, desc="train")
   pending_batch = first_batch
   last_saved = start_step
+  last_save_time = time.monotonic()
   saved_stop = False
   step = start_step
   try:
-    interval_start, interval_steps = time.perf_counter(), 0
+    interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
     for step in range(start_step + 1, num_steps + 1):
       metrics = None
       for _ in range(accum):
         batch = pending_batch if pending_batch is not None else next(train_iter)
         pending_batch = None
+        interval_flops += batch_flops(model_config, batch, jax.process_count())
         state, micro = train_fn(state, sharding.global_batch(batch, mesh))
         metrics = micro if metrics is None else _add(metrics, micro)
       buffer.add(step, metrics)
@@ -282,13 +297,14 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
         jax.block_until_ready(state)
         logging.info("First step (compilation included) took %.1f s",
                      time.perf_counter() - interval_start)
-        interval_start, interval_steps = time.perf_counter(), 0
+        interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
 
       is_last = step == num_steps
       log_now = step % config.log_every_steps == 0 or is_last
       stop = _stop_requested(watcher, log_now)
       save_now = is_last or stop or (
-          config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+          config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or (
+          _time_to_save(last_save_time, config.get("checkpoint_every_minutes", 0.0), log_now))
       if log_now or save_now:
         fetched = buffer.fetch()  # raises FloatingPointError on a NaN/Inf loss
         if log_now and fetched:
@@ -298,21 +314,27 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
           train["grad_norm"] = float(np.mean([m["grad_norm"] for _, m in fetched])) / accum
           train["learning_rate"] = learning_rate_at(config, model_config.d_model, step - 1)
           tokens = sums["tokens"] + sums["source_tokens"]
+          # Real (non-pad) tokens per update on each side, over every device and micro-batch.
+          train["source_tokens_per_update"] = sums["source_tokens"] / len(fetched)
+          train["target_tokens_per_update"] = sums["tokens"] / len(fetched)
           if interval_steps and elapsed > 0:
             # mean tokens per step (non-pad source + target) x steps per second
             train["tokens_per_sec"] = tokens / len(fetched) * interval_steps / elapsed
             train["steps_per_sec"] = interval_steps / elapsed
-            if peak_total:
-              train["mfu"] = summary["flops_per_step"] * interval_steps / elapsed / peak_total
+            if peak_total:  # FLOPs of the batches' actual shapes (buckets differ)
+              train["mfu"] = interval_flops / elapsed / peak_total
           writer.write(step, "train", train)
-          bar.set_postfix(loss=f"{train['loss']:.3f}",
-                          tok_s=f"{train.get('tokens_per_sec', 0):,.0f}", refresh=False)
-          interval_start, interval_steps = time.perf_counter(), 0
+          postfix = dict(loss=f"{train['loss']:.3f}",
+                         tok_s=f"{train.get('tokens_per_sec', 0):,.0f}")
+          if "mfu" in train:
+            postfix["mfu"] = f"{100 * train['mfu']:.1f}%"
+          bar.set_postfix(**postfix, refresh=False)
+          interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
       if save_now:
         if not bool(_all_finite(state.params)):
           raise FloatingPointError(f"Parameters became NaN or Inf by step {step}; stopping.")
         checkpointer.save(step, state, train_iter if data.checkpointable else None, model_config)
-        last_saved = step
+        last_saved, last_save_time = step, time.monotonic()
       if config.eval_every_steps and data.eval_batches and (
           step % config.eval_every_steps == 0 or is_last):
         evaluation = _evaluate(eval_fn, state.params, data.eval_batches, mesh)
@@ -324,7 +346,7 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
           logging.info("Step %d validation translations: BLEU %.2f, exact match %.1f%%", step,
                        evaluation["bleu"], evaluation["exact_match"])
         writer.write(step, "eval", evaluation)
-        interval_start, interval_steps = time.perf_counter(), 0
+        interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
       if stop:
         saved_stop = True
         break

@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from transformer.config import TransformerConfig
+from transformer.data.pipeline import TOKEN_BUDGETS
 from transformer.training.schedules import SCHEDULES
 from transformer.training.sharding import PARALLELISMS
 
@@ -91,6 +92,15 @@ def validate_config(config, *, num_devices: int, process_count: int = 1,
   for key in ("eval_every_steps", "checkpoint_every_steps", "num_eval_batches", "warmup_steps",
               "tokens_per_batch", "seed"):
     _positive_int(config, key, minimum=0)
+  minutes = config.get("checkpoint_every_minutes", 0.0)
+  if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0:
+    raise ConfigError(f"checkpoint_every_minutes={minutes!r} must be a number >= 0 (0 = off).")
+  if config.get("token_budget", "padded") not in TOKEN_BUDGETS:
+    raise ConfigError(f"token_budget={config.token_budget!r} is unknown; allowed: "
+                      f"{', '.join(TOKEN_BUDGETS)}.")
+  if not isinstance(config.get("compilation_cache_dir", ""), str):
+    raise ConfigError(f"compilation_cache_dir={config.compilation_cache_dir!r} must be a path, "
+                      "'auto' or '' (off).")
   if config.max_length < 2:
     raise ConfigError(f"max_length={config.max_length} must be at least 2 (a token and EOS).")
   if config.schedule not in SCHEDULES:
