@@ -82,3 +82,22 @@ def test_at_most_two_steps_are_in_flight(monkeypatch):
   for step in range(1, 6):
     buffer.add(step, {"loss_sum": step})
   assert waited == [1, 2, 3]  # adding step n waits for step n - 2
+
+
+def test_checkpoints_on_a_time_interval_beside_the_step_interval(tmp_path):
+  """checkpoint_every_minutes (§6.1's 10-minute checkpoints): with a 0.1 s interval and 0.2 s of
+  input per step, steps before the last are saved although the step interval (1000) never fires;
+  tokens per update are logged per side."""
+  config = tiny_run_config(steps=6, checkpoint_every=1000)
+  config.checkpoint_every_minutes = 0.1 / 60
+  config.keep_checkpoints = 10
+  config.eval_every_steps = 0
+  data = trainer.TrainingData(
+      vocab_size=VOCAB, train_iter=synthetic.make_train_iterator(
+          rows=ROWS, length=LENGTH, vocab_size=VOCAB, delay=0.2), eval_batches=[])
+  trainer.train_and_evaluate(config, str(tmp_path), data=data)
+  saved = sorted(int(s) for s in os.listdir(os.path.join(str(tmp_path), "checkpoints")))
+  assert len(saved) >= 2 and saved[-1] == 6, saved
+  last = read_metrics(str(tmp_path), "train")[-1]
+  assert 0 < last["target_tokens_per_update"] <= ROWS * LENGTH
+  assert last["source_tokens_per_update"] == last["target_tokens_per_update"]  # a copy task
