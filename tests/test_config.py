@@ -21,7 +21,8 @@ def test_presets_match_table_3():
     (dict(dropout_rate=-0.1), r"dropout_rate=-0.1 must be in \[0, 1\)"),
     (dict(norm_order="sandwich"), r"norm_order='sandwich' is unknown; allowed: post, pre"),
     (dict(positional_encoding="rope"), r"positional_encoding='rope' is unknown; allowed: sinusoidal, learned"),
-    (dict(attention_impl="flash"), r"attention_impl='flash' is unknown; allowed: einsum, dot_product"),
+    (dict(attention_impl="flash"), r"attention_impl='flash' is unknown; allowed: auto, einsum, xla, cudnn, pallas_gpu, splash"),
+    (dict(remat_policy="some"), r"remat_policy='some' is unknown; allowed: none, dots, full"),
     (dict(dtype="float8"), r"dtype='float8' is unknown"),
     (dict(vocab_size=0), r"vocab_size=0 must be a positive integer"),
 ])

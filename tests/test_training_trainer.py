@@ -6,9 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from transformer.training import synthetic, trainer
+from transformer.config import TransformerConfig
+from transformer.training import checkpointing, synthetic, trainer
 from transformer.training.checkpointing import ModelMismatchError
 from transformer.training.smoke import tiny_run_config
+from transformer.training.workdir_lock import WorkdirBusyError, WorkdirLock
 from transformer.training.writers import read_metrics
 
 VOCAB, ROWS, LENGTH = 48, 8, 12
@@ -51,6 +53,26 @@ def test_a_few_steps_lower_the_loss_and_write_what_users_read(tmp_path):
   config.model.d_model = 64
   with pytest.raises(ModelMismatchError, match=r"d_model: checkpoint 32, this config 64"):
     trainer.train_and_evaluate(config, workdir, data=_data())
+  # So is a change of which parameters exist; the checkpoints stay where they were.
+  config.model.d_model = 32
+  for key, value, message in (("attention_bias", True, "attention_bias: checkpoint False"),
+                              ("scan_layers", True, "scan_layers: checkpoint False"),
+                              ("norm_order", "pre", "norm_order: checkpoint 'post'")):
+    changed = config.copy_and_resolve_references()
+    changed.model[key] = value
+    with pytest.raises(ModelMismatchError, match=message):
+      trainer.train_and_evaluate(changed, workdir, data=_data())
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [10, 20, 30]
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_broken"))
+
+
+def test_checkpoints_from_before_attention_bias_are_refused_not_set_aside(tmp_path):
+  """A checkpoint written before `attention_bias` existed holds attention biases: resuming it
+  with today's default (no biases) is refused with the setting named, never discarded."""
+  saved = {"vocab_size": 48, "d_model": 32}  # an old checkpoint's model JSON: no attention_bias
+  with pytest.raises(ModelMismatchError, match="attention_bias: checkpoint True, this config False"):
+    checkpointing.check_same_shape(saved, TransformerConfig(vocab_size=48, d_model=32, num_heads=4),
+                                   str(tmp_path), 7)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -101,3 +123,25 @@ def test_checkpoints_on_a_time_interval_beside_the_step_interval(tmp_path):
   last = read_metrics(str(tmp_path), "train")[-1]
   assert 0 < last["target_tokens_per_update"] <= ROWS * LENGTH
   assert last["source_tokens_per_update"] == last["target_tokens_per_update"]  # a copy task
+
+
+def test_a_second_trainer_on_a_busy_workdir_refuses_at_once(tmp_path):
+  """The live trainer's lock (here held by this test, as a running trainer holds it) stops a
+  second one before it reads data or compiles, naming the holder's host and pid."""
+  workdir = str(tmp_path)
+  with WorkdirLock(workdir):
+    with pytest.raises(WorkdirBusyError, match=rf"in use by another trainer \(host .*, pid {os.getpid()},"):
+      trainer.train_and_evaluate(tiny_run_config(steps=2), workdir, data=_data())
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_a_lock_left_by_a_dead_trainer_is_taken_over_with_a_notice(tmp_path, caplog):
+  workdir = str(tmp_path)
+  (tmp_path / "trainer.lock").write_text(json.dumps(
+      {"host": "old-host", "pid": 999999, "started": "2026-01-01 00:00:00"}))
+  caplog.set_level("WARNING", logger="absl")
+  config = tiny_run_config(steps=2)
+  config.eval_every_steps = 0
+  trainer.train_and_evaluate(config, workdir, data=_data(eval_batches=0))
+  assert any("left by host old-host, pid 999999" in r.getMessage() for r in caplog.records)
+  assert (tmp_path / "trainer.lock").read_text() == ""  # released at the end

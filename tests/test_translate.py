@@ -181,3 +181,45 @@ def test_missing_tokenizer_or_checkpoint_names_what_to_do(tmp_path, tokenizer):
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False, input="")
   assert result.returncode == 1
   assert "tokenizer.model is missing" in result.stderr and "train.py" in result.stderr
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_newest_readable(
+    tmp_path, tokenizer, model, caplog):
+  """As training does on resume: step 9's parameters are cut short, so step 7 is used (and
+  said); the files stay where they are."""
+  from transformer.training.checkpointing import Checkpointer
+  from transformer.training.steps import TrainState
+  config, params = model
+  workdir = _workdir(tmp_path, tokenizer, config, params)
+  tx = optax.adam(1e-3)
+  checkpointer = Checkpointer(workdir, keep=3)
+  checkpointer.save(9, TrainState(step=np.int32(9), params=params, opt_state=tx.init(params)),
+                    None, config)
+  checkpointer.close()
+  state_dir = tmp_path / "checkpoints" / "9" / "state"
+  for path in state_dir.rglob("*"):
+    if path.is_file() and path.stat().st_size > 100:
+      path.write_bytes(path.read_bytes()[:40])  # truncated array data
+  caplog.set_level(logging.WARNING, logger="absl")
+  _, info = translator_lib.translator_from_workdir(workdir)
+  assert info.step == 7
+  messages = " ".join(r.getMessage() for r in caplog.records)
+  assert "step 9" in messages and "Using the checkpoint of step 7" in messages
+  assert state_dir.exists()
+
+
+@pytest.mark.parametrize("make_output,expected", [
+    (lambda d: d / "missing" / "out.txt", "does not exist"),
+    (lambda d: d, "is a directory"),
+])
+def test_an_unwritable_output_fails_before_any_model_loads(tmp_path, make_output, expected):
+  """In the first second: the workdir here does not even exist, and the output is checked
+  first."""
+  result = subprocess.run(
+      [sys.executable, "-m", "transformer.translate", f"--workdir={tmp_path / 'none'}",
+       f"--output={make_output(tmp_path)}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False, input="a\n")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("Error: --output=")
+  assert expected in result.stderr and "tokenizer" not in result.stderr
+

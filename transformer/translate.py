@@ -67,6 +67,22 @@ def define_flags() -> None:
                                     "Output limit = input length + this (default: run config, 50).")
 
 
+def output_problem(path: str) -> str | None:
+  """Why `path` cannot be written as the output file, or None: checked before any model loads,
+  so a typo costs a second, not a whole translation."""
+  path = os.path.abspath(path)
+  folder = os.path.dirname(path)
+  if os.path.isdir(path):
+    return f"--output={path} is a directory; give a file name in it."
+  if not os.path.isdir(folder):
+    return f"--output={path}: the directory {folder} does not exist; create it first."
+  if os.path.exists(path) and not os.access(path, os.W_OK):
+    return f"--output={path} exists and is not writable; choose another file or fix its mode."
+  if not os.path.exists(path) and not os.access(folder, os.W_OK | os.X_OK):
+    return f"--output={path}: the directory {folder} is not writable."
+  return None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -74,6 +90,10 @@ def main(argv):
     raise app.UsageError("--workdir is required.")
   if FLAGS.input and not os.path.isfile(FLAGS.input):
     print(f"Error: --input={FLAGS.input} is not a file.", file=sys.stderr)
+    sys.exit(1)
+  problem = output_problem(FLAGS.output) if FLAGS.output else None
+  if problem:
+    print(f"Error: {problem}", file=sys.stderr)
     sys.exit(1)
   compilation_cache.enable("auto")
   try:

@@ -270,9 +270,39 @@ def restore_params(info: CheckpointInfo, config: TransformerConfig, sharding=Non
 
 def load_params(workdir: str, checkpoint: str | int = "latest"
                 ) -> tuple[Any, TransformerConfig, CheckpointInfo]:
-  """(params, model config, which checkpoint) from a workdir."""
+  """(params, model config, which checkpoint) from a workdir.
+
+  With "latest", a newest checkpoint that cannot be read (cut short, corrupted) is passed over
+  for the newest readable one, with a warning naming both, as the trainer does on resume; the
+  files are left where they are (moving them aside is the trainer's job).
+  """
   info = find_checkpoint(workdir, checkpoint)
-  config = load_model_config(workdir, info)
-  params = restore_params(info, config)
-  logging.info("Loaded parameters: %s", info.describe())
-  return params, config, info
+  candidates = [info]
+  if str(checkpoint) == "latest":
+    directory = os.path.dirname(info.path)
+    candidates += [CheckpointInfo("step", os.path.join(directory, str(step)), step,
+                                  reason="newest readable")
+                   for step in reversed(checkpoint_steps(workdir)[:-1])]
+  failures = []
+  for candidate in candidates:
+    try:
+      config = load_model_config(workdir, candidate)
+      params = restore_params(candidate, config)
+    except WorkdirError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if str(checkpoint) != "latest":
+        raise WorkdirError(f"Cannot read the checkpoint {candidate.path}: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
+      failures.append(candidate.step)
+      logging.warning("The checkpoint of step %d (%s) cannot be read (%s: %s); trying the "
+                      "previous one.", candidate.step, candidate.path, type(e).__name__,
+                      str(e).splitlines()[0][:300] if str(e) else "")
+      continue
+    if failures:
+      logging.warning("Using the checkpoint of step %d: the newer step(s) %s cannot be read.",
+                      candidate.step, line_list(failures))
+    logging.info("Loaded parameters: %s", candidate.describe())
+    return params, config, candidate
+  raise WorkdirError(f"No readable checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}: "
+                     f"step(s) {line_list(failures)} cannot be read (see the warnings above).")

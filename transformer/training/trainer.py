@@ -31,6 +31,7 @@ from transformer.training.loss import summarize
 from transformer.training.optimizer import learning_rate_at, optimizer_from_config
 from transformer.training.steps import TrainState, eval_step, init_state, train_step
 from transformer.training.validation import model_config_from, validate_config
+from transformer.training.workdir_lock import WorkdirLock
 from transformer.training.writers import MetricWriter
 
 SUMMED_METRICS = ("loss_sum", "nll_sum", "correct", "tokens", "source_tokens")
@@ -221,10 +222,23 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
     data: the data to train on; default: the data pipeline for `config`.
   Returns:
     The final train state (or the state at which a SIGTERM stopped the run).
+  Raises:
+    WorkdirBusyError: another live trainer holds `workdir` (before any work starts).
   """
   workdir = os.path.abspath(workdir)
   mesh = sharding.make_mesh()
   validate_config(config, num_devices=mesh.devices.size, process_count=jax.process_count())
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else None  # one lock per workdir
+  if lock is not None:
+    lock.acquire()
+  try:
+    return _train_and_evaluate(config, workdir, data, mesh)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -> TrainState:
   if data is None:
     data = pipeline_data(config, workdir)
   model_config = model_config_from(config, data.vocab_size)
