@@ -49,8 +49,28 @@ def quiet_orbax_logs() -> None:
     logger.addFilter(_HideOrbaxInfo())
 
 
+# Run settings that decide the structure of the saved optimizer and accumulation state. A
+# checkpoint records them (its `run` item) so that a resume with other values converts the state
+# (steps.convert_state) instead of failing to read it.
+STATE_SETTINGS = ("grad_accum_steps", "grad_clip_norm", "weight_decay")
+
+
 class ModelMismatchError(ValueError):
   """The checkpoint in the workdir was trained with a model of another shape."""
+
+
+class StateMismatchError(ValueError):
+  """The checkpoint reads, but its state is laid out for other settings than this config's."""
+
+
+def run_settings(config) -> dict:
+  return {key: config[key] for key in STATE_SETTINGS}
+
+
+def _is_structure_mismatch(error: Exception) -> bool:
+  text = str(error)
+  return isinstance(error, ValueError) and ("Structure mismatch" in text or
+                                            "tree structures do not match" in text.lower())
 
 
 def model_config_json(model_config) -> dict:
@@ -92,45 +112,78 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state, data_iter=None, model_config=None, *, force=True) -> bool:
+  def save(self, step: int, state, data_iter=None, model_config=None, *, force=True,
+           settings: dict | None = None) -> bool:
     """Starts an asynchronous save of `state` (and the iterator position) as `step`."""
     items: dict[str, Any] = {"state": ocp.args.StandardSave(state)}
+    if settings is not None:
+      items["run"] = ocp.args.JsonSave(settings)
     if data_iter is not None:
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     if model_config is not None:
       items["model"] = ocp.args.JsonSave(model_config_json(model_config))
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-  def restore_latest(self, abstract_state, data_iter=None, model_config=None):
+  def restore_latest(self, abstract_state, data_iter=None, model_config=None, *,
+                     settings: dict | None = None, adapt=None):
     """Restores the newest readable checkpoint; returns (state, step) or (None, None).
 
     `abstract_state` gives shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves).
     Unreadable checkpoints are moved aside (logged) and the previous one is tried.
     Raises ModelMismatchError when the model shape differs from `model_config`.
+
+    When the checkpoint's recorded run `settings` (STATE_SETTINGS) differ from this run's,
+    `adapt(saved_settings)` returns (abstract state as saved, convert(state) -> this run's
+    state): the checkpoint is read as saved, converted and the change logged. A checkpoint
+    without recorded settings whose state does not fit raises StateMismatchError; neither case
+    sets the checkpoint aside.
     """
     for step in reversed(self.all_steps()):
       try:
         if model_config is not None:
-          saved = self._restore_model_json(step)
+          saved = self._restore_json(step, "model")
           if saved is not None:
             check_same_shape(saved, model_config, self.directory, step)
-        items: dict[str, Any] = {"state": ocp.args.StandardRestore(abstract_state)}
+        target, convert = abstract_state, None
+        saved_settings = self._restore_json(step, "run") if settings is not None else None
+        changed = [k for k in STATE_SETTINGS if saved_settings is not None and
+                   k in saved_settings and saved_settings[k] != settings.get(k)]
+        if changed and adapt is not None:
+          target, convert = adapt({k: saved_settings[k] for k in STATE_SETTINGS
+                                   if k in saved_settings})
+        items: dict[str, Any] = {"state": ocp.args.StandardRestore(target)}
         if data_iter is not None:
           items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], step
+        state = restored["state"]
+        if convert is not None:
+          state = convert(state)
+          logging.warning(
+              "Resuming the checkpoint of step %d with changed settings (%s): its optimizer and "
+              "accumulation state were converted to this config's; parameters, Adam moments and "
+              "step counts are kept.", step, "; ".join(
+                  f"{k}: checkpoint {saved_settings[k]!r}, this config {settings[k]!r}"
+                  for k in changed))
+        return state, step
       except ModelMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
+        if _is_structure_mismatch(e):
+          raise StateMismatchError(
+              f"Cannot resume from the checkpoint of step {step} in {self.directory}: it reads, "
+              f"but its optimizer or accumulation state is laid out for other settings than "
+              f"this config's (it predates recorded settings; one of "
+              f"{', '.join(STATE_SETTINGS)} changed). Resume with the settings it was trained "
+              f"with, or use a new --workdir. Nothing was moved or deleted.") from e
         self._set_aside(step, e)
     return None, None
 
-  def _restore_model_json(self, step: int) -> dict | None:
-    path = os.path.join(self.directory, str(step), "model")
+  def _restore_json(self, step: int, item: str) -> dict | None:
+    path = os.path.join(self.directory, str(step), item)
     if not os.path.exists(path):
       return None
-    return self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))[
-        "model"]
+    return self.manager.restore(step, args=ocp.args.Composite(
+        **{item: ocp.args.JsonRestore()}))[item]
 
   def _set_aside(self, step: int, error: Exception) -> None:
     source = os.path.join(self.directory, str(step))

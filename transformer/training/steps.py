@@ -62,6 +62,50 @@ def init_state(model_config, tx: optax.GradientTransformation, rng: jax.Array,
                     accum=_zero_accum(params) if grad_accum_steps > 1 else None)
 
 
+def _optax_states(tree) -> list:
+  """The optax state objects (NamedTuples such as ScaleByAdamState, EmptyState) in `tree`."""
+  found = []
+
+  def walk(node):
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+      found.append(node)
+    elif isinstance(node, (tuple, list)):
+      for child in node:
+        walk(child)
+
+  walk(tree)
+  return found
+
+
+def convert_state(old: TrainState, tx: optax.GradientTransformation,
+                  grad_accum_steps: int = 1) -> TrainState:
+  """A checkpoint's state for another optimizer wrapping or accumulation setting.
+
+  Sound for what checkpointing.STATE_SETTINGS names: gradient clipping and weight decay add or
+  remove stateless links of the optax chain, so each optax state object of the new chain
+  (Adam's count and moments, the schedule's count) is taken from the old state by type, in
+  order, and only stateless ones are made fresh; the accumulation buffer is all zeros at every
+  checkpoint (saves follow complete updates), so it is made or dropped.
+  """
+  fresh = tx.init(old.params)
+  pool = _optax_states(old.opt_state)
+
+  def take(node):
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+      for i, candidate in enumerate(pool):
+        if type(candidate) is type(node):
+          return pool.pop(i)
+      if jax.tree.leaves(node):
+        raise ValueError(f"The checkpoint has no {type(node).__name__} to convert from.")
+      return node
+    if isinstance(node, (tuple, list)):
+      return type(node)(take(child) for child in node)
+    return node
+
+  accum = _zero_accum(old.params) if grad_accum_steps > 1 else None
+  return old.replace(opt_state=take(fresh), accum=accum)
+
+
 def train_step(state: TrainState, batch: dict, *, model_config, tx, label_smoothing: float,
                dropout_key: jax.Array, grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
   """One batch: forward, §5.4 smoothed loss over non-pad tokens, backward, optimizer update.

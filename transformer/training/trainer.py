@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -25,11 +26,12 @@ from tqdm import tqdm
 
 from transformer.data import pipeline
 from transformer.training import sharding
-from transformer.training.checkpointing import Checkpointer, PreemptionWatcher
+from transformer.training.checkpointing import Checkpointer, PreemptionWatcher, run_settings
 from transformer.training.flops import batch_flops, peak_flops_per_device, train_step_flops
 from transformer.training.loss import summarize
 from transformer.training.optimizer import learning_rate_at, optimizer_from_config
-from transformer.training.steps import TrainState, eval_step, init_state, train_step
+from transformer.training.steps import (TrainState, convert_state, eval_step, init_state,
+                                        train_step)
 from transformer.training.validation import model_config_from, validate_config
 from transformer.training.workdir_lock import WorkdirLock
 from transformer.training.writers import MetricWriter
@@ -255,8 +257,26 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
 
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
   train_iter = data.train_iter
+
+  def adapt(saved: dict):
+    """The state as a checkpoint with other STATE_SETTINGS saved it, and its conversion."""
+    saved_config = ml_collections.ConfigDict(config.to_dict())
+    saved_config.update(saved)
+    old_init = functools.partial(init_state, model_config,
+                                 optimizer_from_config(saved_config, model_config.d_model),
+                                 grad_accum_steps=saved_config.grad_accum_steps)
+    old_abstract = jax.eval_shape(old_init, init_key)
+    old_shardings = sharding.state_shardings(old_abstract, mesh, config.parallelism)
+    old_abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                old_abstract, old_shardings)
+    convert = jax.jit(functools.partial(convert_state, tx=tx,
+                                        grad_accum_steps=config.grad_accum_steps),
+                      out_shardings=state_shardings)
+    return old_abstract, convert
+
   state, start_step = checkpointer.restore_latest(
-      abstract, train_iter if data.checkpointable else None, model_config)
+      abstract, train_iter if data.checkpointable else None, model_config,
+      settings=run_settings(config), adapt=adapt)
   if state is None:
     start_step = 0
     state = jax.jit(init_fn, out_shardings=state_shardings)(init_key)
@@ -347,7 +367,8 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
       if save_now:
         if not bool(_all_finite(state.params)):
           raise FloatingPointError(f"Parameters became NaN or Inf by step {step}; stopping.")
-        checkpointer.save(step, state, train_iter if data.checkpointable else None, model_config)
+        checkpointer.save(step, state, train_iter if data.checkpointable else None, model_config,
+                          settings=run_settings(config))
         last_saved, last_save_time = step, time.monotonic()
       if config.eval_every_steps and data.eval_batches and (
           step % config.eval_every_steps == 0 or is_last):
@@ -367,10 +388,17 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
   except FloatingPointError as e:
     bar.close()
     checkpointer.wait()
+    latest = checkpointer.latest_step()
+    if latest is None:
+      raise FloatingPointError(
+          f"{e} No checkpoint was written before this, so nothing is lost and nothing can be "
+          "resumed: lower the learning rate or clip gradients (grad_clip_norm) and start "
+          "again.") from None
     raise FloatingPointError(
-        f"{e} The last good checkpoint is step {checkpointer.latest_step()} in "
-        f"{checkpointer.directory}; lower the learning rate or clip gradients "
-        "(grad_clip_norm) and run again to resume from it.") from None
+        f"{e} The last good checkpoint (parameters checked finite when saved) is step {latest} "
+        f"in {checkpointer.directory}; lower the learning rate or clip gradients "
+        "(grad_clip_norm) and run again to resume from it (changed optimizer settings are "
+        "converted on resume).") from None
   finally:
     bar.close()
     watcher.close()
