@@ -10,6 +10,7 @@ that jax.distributed detects by itself), or give `--coordinator_address`, `--num
 """
 
 import os
+import sys
 import time
 
 import jax
@@ -17,7 +18,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import compilation_cache
+from transformer.training.checkpointing import ModelMismatchError, StateMismatchError
 from transformer.training.trainer import train_and_evaluate
+from transformer.training.workdir_lock import WorkdirBusyError
+from transformer.workdir import WorkdirError
+
+# Errors that are the user's to fix (a config value, the data, the workdir): one line, exit 2.
+# (ConfigError and DataError are ValueErrors.) --debug or TRANSFORMER_DEBUG=1 shows the traceback.
+USER_ERRORS = (ValueError, WorkdirError, ModelMismatchError, StateMismatchError,
+               WorkdirBusyError)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
@@ -31,6 +40,7 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 (implies --distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of configuration and data errors.")
 
 
 def main(argv):
@@ -49,7 +59,13 @@ def main(argv):
   if jax.process_index() == 0:
     print(f"Workdir: {os.path.abspath(workdir)}", flush=True)
     print(f"Compilation cache: {cache or 'off'}", flush=True)
-  train_and_evaluate(_CONFIG.value, workdir)
+  try:
+    train_and_evaluate(_CONFIG.value, workdir)
+  except USER_ERRORS as e:
+    if _DEBUG.value or os.environ.get("TRANSFORMER_DEBUG"):
+      raise
+    print(f"Error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

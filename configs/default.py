@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
       d_model=128, d_ff=512, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
       dropout_rate=0.1, attention_dropout_rate=0.0, share_embeddings=True,
       positional_encoding="sinusoidal", norm_order="post", attention_impl="einsum",
+      attention_bias=False, scan_layers=False, remat_policy="none",
       dtype="float32", param_dtype="float32"))
 
   # --- Optimization (§5.3, §5.4) ---

@@ -17,11 +17,21 @@ def _train(*args, timeout=300):
                         capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_a_bad_value_is_rejected_naming_the_key(tmp_path):
-  result = _train(f"--workdir={tmp_path}", "--config.schedule=linear")
-  assert result.returncode != 0
-  assert "schedule='linear' is unknown; allowed: paper, cosine, constant" in result.stderr
+@pytest.mark.parametrize("flag,message", [
+    ("--config.schedule=linear", "schedule='linear' is unknown; allowed: paper, cosine, constant"),
+    ("--config.model.remat_policy=most", "remat_policy='most' is unknown; allowed: none, dots, full"),
+    ("--config.token_budget=slots", "token_budget='slots' is unknown; allowed: real, padded"),
+    ("--config.checkpoint_every_minutes=-1", "checkpoint_every_minutes=-1.0 must be a number >= 0"),
+])
+def test_a_bad_value_is_one_error_line_naming_the_key(tmp_path, flag, message):
+  """Exit 2 and one `Error:` line, no traceback, before anything is built or compiled."""
+  result = _train(f"--workdir={tmp_path}", flag)
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("Error: ") and message in last, last
+  assert "Traceback" not in result.stderr
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+  assert not os.path.exists(os.path.join(tmp_path, "tokenizer.model"))
 
 
 @pytest.mark.slow
