@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from transformer import compilation_cache
 from transformer.training.checkpointing import ModelMismatchError, StateMismatchError
 from transformer.training.trainer import train_and_evaluate
+from transformer.training.validation import default_config
 from transformer.training.workdir_lock import WorkdirBusyError
 from transformer.workdir import WorkdirError
 
@@ -28,9 +29,43 @@ from transformer.workdir import WorkdirError
 USER_ERRORS = (ValueError, WorkdirError, ModelMismatchError, StateMismatchError,
                WorkdirBusyError)
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
-    "Run config file (configs/*.py).", lock_config=True)
+
+def _user_error(message: str) -> None:
+  print(f"Error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _unknown_key(error: Exception, argv: list[str]) -> None:
+  """ml_collections' AttributeError for `--config.KEY=VALUE` with a KEY the config lacks."""
+  name = str(error).strip("\"' ")
+  override = next((a for a in argv[1:] if a.startswith("--config.") and
+                   name in a.split("=")[0].split(".")), f"--config.{name}")
+  path = override.split("=")[0][len("--config."):].split(".")
+  reference = default_config()
+  section = reference.get(path[0]) if len(path) > 1 and reference is not None else reference
+  known = sorted(section.keys()) if hasattr(section, "keys") else []
+  _user_error(f"{override}: the config has no key {'.'.join(path)!r}; known keys"
+              f"{' under ' + path[0] if len(path) > 1 else ''}: {', '.join(known)}.")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad `--config.KEY=VALUE` reported as one `Error:` line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    _unknown_key(e, argv)
+  except flags.Error as e:
+    _user_error(str(e))
+  return []
+
+
+try:  # config_flags applies the --config.* overrides already here, reading sys.argv
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
+      "Run config file (configs/*.py).", lock_config=True)
+except (AttributeError, KeyError) as _error:
+  _unknown_key(_error, sys.argv)
+
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and results (default: "
     "runs/<config name>-<time>, printed at the start).")
@@ -64,9 +99,8 @@ def main(argv):
   except USER_ERRORS as e:
     if _DEBUG.value or os.environ.get("TRANSFORMER_DEBUG"):
       raise
-    print(f"Error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    _user_error(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

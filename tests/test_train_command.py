@@ -17,12 +17,34 @@ def _train(*args, timeout=300):
                         capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize("flag,message", [
+BAD_CONFIGS = [
+    ("--config.foo=1", "the config has no key 'foo'; known keys: adam_b1"),
+    ("--config.model.foo=1", "the config has no key 'model.foo'; known keys under model:"),
+    ("--config.num_train_steps=abc", "--config.num_train_steps=abc: invalid literal for int()"),
     ("--config.schedule=linear", "schedule='linear' is unknown; allowed: paper, cosine, constant"),
     ("--config.model.remat_policy=most", "remat_policy='most' is unknown; allowed: none, dots, full"),
+    ("--config.model.attention_impl=flash", "attention_impl='flash' is unknown; allowed: auto,"),
+    ("--config.model.d_model=510", "d_model=510 is not divisible by num_heads=4"),
+    ("--config.model.dropout_rate=1.5", "dropout_rate=1.5 must be in [0, 1)"),
     ("--config.token_budget=slots", "token_budget='slots' is unknown; allowed: real, padded"),
     ("--config.checkpoint_every_minutes=-1", "checkpoint_every_minutes=-1.0 must be a number >= 0"),
-])
+    ("--config.beam_size=0", "beam_size=0 must be an integer >= 1"),
+    ("--config.max_decode_extra=-5", "max_decode_extra=-5 must be an integer >= 0"),
+    ("--config.length_penalty=-1", "length_penalty=-1.0 must be >= 0"),
+    ("--config.prefetch=-1", "prefetch=-1 must be an integer >= 0"),
+    ("--config.pack_window=0", "pack_window=0 must be an integer >= 1"),
+    ("--config.num_train_steps=0", "num_train_steps=0 must be an integer >= 1"),
+    ("--config.batching=random", "batching='random' is unknown; allowed: padded, tokens, packed"),
+    ("--config.learning_rate=-1", "learning_rate=-1.0 must be > 0"),
+    ("--config.label_smoothing=1.0", "label_smoothing=1.0 must be in [0, 1)"),
+    ("--config.grad_clip_norm=-1", "grad_clip_norm=-1.0 must be >= 0"),
+    ("--config.adam_b2=1.0", "adam_b2=1.0 must be in [0, 1)"),
+    ("--config.parallelism=model", "parallelism='model' is unknown; allowed: data, fsdp"),
+    ("--config.max_length=1", "max_length=1 must be at least 2"),
+]
+
+
+@pytest.mark.parametrize("flag,message", BAD_CONFIGS)
 def test_a_bad_value_is_one_error_line_naming_the_key(tmp_path, flag, message):
   """Exit 2 and one `Error:` line, no traceback, before anything is built or compiled."""
   result = _train(f"--workdir={tmp_path}", flag)
@@ -30,6 +52,8 @@ def test_a_bad_value_is_one_error_line_naming_the_key(tmp_path, flag, message):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("Error: ") and message in last, last
   assert "Traceback" not in result.stderr
+  # Nothing was built: no tokenizer trained, no model compiled, no checkpoint.
+  assert "Trained a" not in result.stderr and "FLOPs per step" not in result.stderr
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
   assert not os.path.exists(os.path.join(tmp_path, "tokenizer.model"))
 

@@ -91,6 +91,10 @@ def train_tokenizer(sentences: Sequence[str], *, vocab_size: int, model_type: st
                      f"distinct characters plus 4 special pieces).") \
         from e
   tok = Tokenizer(model.getvalue())
+  if tok.vocab_size < vocab_size:
+    logging.warning("config.vocab_size=%d: SentencePiece found only %d pieces in these %d "
+                    "sentences, so the vocabulary has %d (the model's embedding follows it).",
+                    vocab_size, tok.vocab_size, len(sentences), tok.vocab_size)
   logging.info("Trained a %s SentencePiece model on %d sentences in %.1f s: vocabulary %d "
                "(asked for %d).", model_type, len(sentences), time.time() - start,
                tok.vocab_size, vocab_size)

@@ -103,6 +103,14 @@ def validate_config(config, *, num_devices: int, process_count: int = 1,
                       "'auto' or '' (off).")
   if config.max_length < 2:
     raise ConfigError(f"max_length={config.max_length} must be at least 2 (a token and EOS).")
+  # Checked now, not when the final evaluation reaches them after training.
+  _positive_int(config, "beam_size")
+  _positive_int(config, "max_decode_extra", minimum=0)
+  _positive_int(config, "prefetch", minimum=0)
+  if config.batching == "packed":
+    _positive_int(config, "pack_window")
+  if not config.length_penalty >= 0:
+    raise ConfigError(f"length_penalty={config.length_penalty!r} must be >= 0 (0.6 in §6.1).")
   if config.schedule not in SCHEDULES:
     raise ConfigError(f"schedule={config.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}.")
   if config.schedule == "paper" and config.warmup_steps < 1:
