@@ -78,7 +78,7 @@ def test_too_few_or_no_checkpoints(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "transformer.average", f"--workdir={tmp_path}", "--last=3"],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode == 1 and "keeps only 1" in result.stderr
+  assert result.returncode == 2 and "keeps only 1" in result.stderr
 
 
 def _metrics(workdir, records):

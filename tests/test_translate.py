@@ -179,7 +179,7 @@ def test_missing_tokenizer_or_checkpoint_names_what_to_do(tmp_path, tokenizer):
   result = subprocess.run(
       [sys.executable, "-m", "transformer.translate", f"--workdir={tmp_path / 'empty'}"],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False, input="")
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert "tokenizer.model is missing" in result.stderr and "train.py" in result.stderr
 
 
@@ -219,7 +219,7 @@ def test_an_unwritable_output_fails_before_any_model_loads(tmp_path, make_output
       [sys.executable, "-m", "transformer.translate", f"--workdir={tmp_path / 'none'}",
        f"--output={make_output(tmp_path)}"],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False, input="a\n")
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("Error: --output=")
   assert expected in result.stderr and "tokenizer" not in result.stderr
 

@@ -117,7 +117,7 @@ def main(argv):
     path, steps = average(FLAGS.workdir, FLAGS.last, FLAGS.output)
   except (WorkdirError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
   print(f"Averaged {len(steps)} checkpoints (steps {', '.join(map(str, steps))}) into {path}. "
         f"Use it with --checkpoint=averaged.")
 

@@ -171,7 +171,7 @@ def main(argv):
     config = load_model_config(FLAGS.config)
   except ValueError as e:
     print(f"Error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
   r = benchmark(config, batch_size=FLAGS.batch_size, source_length=FLAGS.source_length,
                 output_length=FLAGS.output_length, beam_sizes=[int(b) for b in FLAGS.beam_sizes],
                 repeats=FLAGS.repeats, uncached=FLAGS.uncached)

@@ -166,7 +166,7 @@ def main(argv):
                             batch_size=FLAGS.batch_size)
   except (WorkdirError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
   bleu_sig, chrf_sig = scores["sacrebleu_signature"].split("; ")
   print(f"{scores['split']}: {scores['num_examples']} sentences, {scores['checkpoint']}, beam "
         f"{scores['beam_size']}, alpha {scores['alpha']}")

@@ -90,11 +90,11 @@ def main(argv):
     raise app.UsageError("--workdir is required.")
   if FLAGS.input and not os.path.isfile(FLAGS.input):
     print(f"Error: --input={FLAGS.input} is not a file.", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
   problem = output_problem(FLAGS.output) if FLAGS.output else None
   if problem:
     print(f"Error: {problem}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
   compilation_cache.enable("auto")
   try:
     translator, info = translator_lib.translator_from_workdir(
@@ -102,7 +102,7 @@ def main(argv):
         batch_size=FLAGS.batch_size, max_extra=FLAGS.max_extra)
   except (WorkdirError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
 
   if FLAGS.input:
     with open(FLAGS.input, "rb") as f:
