@@ -18,16 +18,18 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import compilation_cache
-from transformer.training.checkpointing import ModelMismatchError, StateMismatchError
+from transformer.training.checkpointing import (CheckpointSaveError, ModelMismatchError,
+                                               StateMismatchError)
 from transformer.training.trainer import train_and_evaluate
 from transformer.training.validation import default_config
 from transformer.training.workdir_lock import WorkdirBusyError
 from transformer.workdir import WorkdirError
 
-# Errors that are the user's to fix (a config value, the data, the workdir): one line, exit 2.
-# (ConfigError and DataError are ValueErrors.) --debug or TRANSFORMER_DEBUG=1 shows the traceback.
+# Errors that are the user's to fix (a config value, the data, the workdir, a full disk): one
+# line, exit 2. (ConfigError and DataError are ValueErrors.) --debug or TRANSFORMER_DEBUG=1 shows
+# the traceback.
 USER_ERRORS = (ValueError, WorkdirError, ModelMismatchError, StateMismatchError,
-               WorkdirBusyError)
+               WorkdirBusyError, CheckpointSaveError)
 
 
 def _user_error(message: str) -> None:

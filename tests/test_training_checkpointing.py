@@ -1,6 +1,7 @@
 """Checkpoints: the data position travels with the state; broken or partial saves are skipped."""
 
 import os
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +10,10 @@ import pytest
 from absl import logging
 
 from transformer.config import TransformerConfig
-from transformer.training import synthetic
-from transformer.training.checkpointing import Checkpointer, ModelMismatchError
+from transformer.training import synthetic, trainer
+from transformer.training.checkpointing import (CheckpointSaveError, Checkpointer,
+                                                ModelMismatchError)
+from transformer.training.smoke import tiny_run_config
 
 
 def _state(value):
@@ -83,3 +86,45 @@ def test_resuming_with_another_model_shape_says_so(tmp_path):
   state, step = Checkpointer(str(tmp_path)).restore_latest(
       _abstract(), _iterator(), saved.replace(dropout_rate=0.3, dtype="bfloat16"))
   assert step == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1.2 MB tmpfs (needs root, as CI runs); skipped where mounting is not allowed."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+  if result.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode()[:200]}")
+  yield str(mount)
+  subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_earlier_checkpoints(small_disk):
+  config = tiny_run_config(steps=40, checkpoint_every=5)
+  config.eval_every_steps = 0
+  data = trainer.TrainingData(
+      vocab_size=48, train_iter=synthetic.make_train_iterator(rows=8, length=12, vocab_size=48),
+      eval_batches=[])
+  with pytest.raises(CheckpointSaveError) as error:
+    trainer.train_and_evaluate(config, small_disk, data=data)
+  message = str(error.value)
+  assert "\n" not in message
+  assert "No space left on device (errno 28)" in message and "MiB free there" in message
+  assert "Earlier checkpoints are intact (steps 5" in message
+  names = os.listdir(os.path.join(small_disk, "checkpoints"))
+  assert names and all(n.isdigit() for n in names)  # no partial temporary directory is left
+  kept = sorted(int(n) for n in names)
+  failed = int(message.split("checkpoint of step ")[1].split()[0])
+  assert failed not in kept and kept[-1] < failed
+
+
+def test_partial_saves_left_behind_are_removed_at_start(tmp_path):
+  _save_steps(str(tmp_path), [1])
+  partial = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1234"
+  partial.mkdir()
+  (partial / "junk").write_text("x")
+  ckpt = Checkpointer(str(tmp_path), keep=5)
+  assert not partial.exists() and ckpt.all_steps() == [1]
+  ckpt.close()

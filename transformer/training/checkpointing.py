@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging as pylogging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -59,6 +60,10 @@ class ModelMismatchError(ValueError):
   """The checkpoint in the workdir was trained with a model of another shape."""
 
 
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written (a full disk, a lost mount): the run stops at once."""
+
+
 class StateMismatchError(ValueError):
   """The checkpoint reads, but its state is laid out for other settings than this config's."""
 
@@ -100,6 +105,8 @@ class Checkpointer:
     if quiet:
       quiet_orbax_logs()
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._last_save_step: int | None = None
+    self._cleanup_partial_saves()  # left by a save that a crash or a full disk cut short
     self.broken_directory = os.path.abspath(os.path.join(workdir, "checkpoints_broken"))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
@@ -122,7 +129,56 @@ class Checkpointer:
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     if model_config is not None:
       items["model"] = ocp.args.JsonSave(model_config_json(model_config))
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    self.check_for_errors()  # the previous save, still in the background until now
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax waits here for the previous save, so the failure may be that one's.
+      raise self._save_error(e, step) from None
+    self._last_save_step = step
+    return saved
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError when a background save has failed (cheap: no waiting)."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, self._last_save_step) from None
+
+  def _save_error(self, error: Exception, step: int | None) -> CheckpointSaveError:
+    """One line: which step, where, the OS error, the free space, what is intact."""
+    cause, seen = error, set()
+    while cause is not None and not isinstance(cause, OSError) and id(cause) not in seen:
+      seen.add(id(cause))
+      cause = cause.__cause__ or cause.__context__
+    text = str(error)
+    failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)  # the save that failed
+    step = int(failed.group(1)) if failed else step
+    code = re.search(r"os_error_code='(\d+)'", text)
+    if isinstance(cause, OSError) and cause.errno:
+      reason = f"{cause.strerror} (errno {cause.errno})"
+    elif code:  # tensorstore's errors carry the OS error as text
+      reason = f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    else:
+      reason = f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    try:
+      free = f"{shutil.disk_usage(self.directory).free / 2**20:,.1f} MiB free there"
+    except OSError:
+      free = "free space unknown"
+    self._cleanup_partial_saves()
+    intact = [s for s in self.all_steps() if s != step]
+    return CheckpointSaveError(
+        f"Saving the checkpoint of step {step} to {self.directory} failed: {reason}; {free}. "
+        f"Earlier checkpoints are intact ({'steps ' + ', '.join(map(str, intact)) if intact else 'none were written'}); "
+        "make room (or move the workdir) and run the same command to resume.")
+
+  def _cleanup_partial_saves(self) -> None:
+    """Removes Orbax's temporary directories of saves that never completed (process 0)."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def restore_latest(self, abstract_state, data_iter=None, model_config=None, *,
                      settings: dict | None = None, adapt=None):
@@ -200,12 +256,17 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self) -> None:
-    """Blocks until every started save is complete on disk."""
-    self.manager.wait_until_finished()
+    """Blocks until every started save is complete on disk (CheckpointSaveError if one failed)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, self._last_save_step) from None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 class PreemptionWatcher:

@@ -340,6 +340,7 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
           config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or (
           _time_to_save(last_save_time, config.get("checkpoint_every_minutes", 0.0), log_now))
       if log_now or save_now:
+        checkpointer.check_for_errors()  # a failed background save stops the run here
         fetched = buffer.fetch()  # raises FloatingPointError on a NaN/Inf loss
         if log_now and fetched:
           elapsed = time.perf_counter() - interval_start
