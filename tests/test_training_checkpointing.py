@@ -128,3 +128,24 @@ def test_partial_saves_left_behind_are_removed_at_start(tmp_path):
   ckpt = Checkpointer(str(tmp_path), keep=5)
   assert not partial.exists() and ckpt.all_steps() == [1]
   ckpt.close()
+
+
+def test_flipped_bytes_are_detected_and_the_checkpoint_set_aside(tmp_path, caplog):
+  """42 bytes flipped in an array file of the newest checkpoint: Orbax would read it (its size
+  and metadata are intact); the recorded SHA-256 sums catch it."""
+  workdir = str(tmp_path)
+  _save_steps(workdir, [2, 4])
+  assert sorted(os.listdir(tmp_path / "checkpoint_checksums")) == ["2.json", "4.json"]
+  files = [p for p in (tmp_path / "checkpoints" / "4" / "state").rglob("*") if p.is_file()]
+  target = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(target.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 42] = bytes(b ^ 0xFF for b in data[middle:middle + 42])
+  target.write_bytes(bytes(data))
+  logging.get_absl_handler()
+  with caplog.at_level("WARNING"):
+    state, step = Checkpointer(workdir).restore_latest(_abstract(), _iterator())
+  assert step == 2 and float(state["w"][0, 0]) == 2.0
+  assert "Checkpoint of step 4" in caplog.text and "does not match the checksum" in caplog.text
+  assert os.listdir(tmp_path / "checkpoints_broken")[0].startswith("4-")
+  assert sorted(os.listdir(tmp_path / "checkpoint_checksums")) == ["2.json"]

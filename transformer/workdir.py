@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from transformer import checkpoint_integrity
 from transformer.config import TransformerConfig
 from transformer.model import Transformer
 
@@ -286,6 +287,9 @@ def load_params(workdir: str, checkpoint: str | int = "latest"
   failures = []
   for candidate in candidates:
     try:
+      problem = checkpoint_integrity.verify(candidate.path) if candidate.kind == "step" else None
+      if problem:
+        raise ValueError(f"checksum mismatch: {problem}")
       config = load_model_config(workdir, candidate)
       params = restore_params(candidate, config)
     except WorkdirError:

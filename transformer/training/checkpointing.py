@@ -8,7 +8,9 @@ A checkpoint is one step directory `WORKDIR/checkpoints/<step>/` holding three i
 Orbax writes into a temporary directory and renames it when complete, so a save cut short by a
 kill never replaces the latest complete checkpoint. A step directory that is complete by name but
 cannot be read (truncated files, a disk error) is moved to `WORKDIR/checkpoints_broken/` with a
-warning and the previous checkpoint is used; nothing is deleted.
+warning and the previous checkpoint is used; nothing is deleted. So is one whose files no longer
+match the SHA-256 checksums recorded once its save completed (transformer/checkpoint_integrity.py:
+Orbax itself does not check the arrays' bytes).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+from transformer import checkpoint_integrity
 
 # The TransformerConfig fields that decide which parameters exist and their shapes.
 SHAPE_FIELDS = ("vocab_size", "d_model", "d_ff", "num_heads", "num_encoder_layers",
@@ -62,6 +66,10 @@ class ModelMismatchError(ValueError):
 
 class CheckpointSaveError(OSError):
   """A checkpoint could not be written (a full disk, a lost mount): the run stops at once."""
+
+
+class ChecksumMismatchError(ValueError):
+  """A checkpoint's files differ from the checksums recorded when it was saved."""
 
 
 class StateMismatchError(ValueError):
@@ -136,7 +144,27 @@ class Checkpointer:
       # Orbax waits here for the previous save, so the failure may be that one's.
       raise self._save_error(e, step) from None
     self._last_save_step = step
+    self._record_checksums()  # of the saves completed by now (the previous ones)
     return saved
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _record_checksums(self) -> None:
+    """Checksums of every completed checkpoint that has none; records of deleted ones dropped."""
+    if jax.process_index() != 0:
+      return
+    steps = self.all_steps()
+    in_flight = self._last_save_step if self.manager.is_saving_in_progress() else None
+    for step in steps:
+      if step != in_flight and not checkpoint_integrity.has_record(self._step_dir(step)):
+        checkpoint_integrity.record(self._step_dir(step))
+    records = os.path.dirname(checkpoint_integrity.record_path(self._step_dir(0)))
+    if os.path.isdir(records):
+      for name in os.listdir(records):
+        stem = name.split(".")[0]
+        if stem.isdigit() and int(stem) not in steps:
+          os.remove(os.path.join(records, name))
 
   def check_for_errors(self) -> None:
     """Raises CheckpointSaveError when a background save has failed (cheap: no waiting)."""
@@ -200,6 +228,9 @@ class Checkpointer:
           saved = self._restore_json(step, "model")
           if saved is not None:
             check_same_shape(saved, model_config, self.directory, step)
+        problem = checkpoint_integrity.verify(self._step_dir(step))
+        if problem:
+          raise ChecksumMismatchError(problem)
         target, convert = abstract_state, None
         saved_settings = self._restore_json(step, "run") if settings is not None else None
         changed = [k for k in STATE_SETTINGS if saved_settings is not None and
@@ -251,6 +282,7 @@ class Checkpointer:
     if jax.process_index() == 0 and os.path.exists(source):
       os.makedirs(self.broken_directory, exist_ok=True)
       shutil.move(source, target)
+      checkpoint_integrity.forget(source)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"set_aside_{step}")
     self.manager.reload()
@@ -261,6 +293,7 @@ class Checkpointer:
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(e, self._last_save_step) from None
+    self._record_checksums()
 
   def close(self) -> None:
     try:
