@@ -48,6 +48,13 @@ def test_tsv_with_and_without_header_and_split_alias(tmp_path):
   config = make_config(data_dir=str(tmp_path))
   assert sources.load_pairs(config, "train") == [("one", "eins"), ("two", "zwei")]
   assert sources.load_pairs(config, "validation") == [("three", "drei")]
+  # A bad row is named by its line in the file, the header counted.
+  write(tmp_path / "val.tsv", "de\ten\ndrei\tthree\nno tab here\n")
+  with pytest.raises(DataError, match=r"val\.tsv, line 3: expected two tab-separated columns"):
+    sources.load_pairs(config, "validation")
+  write(tmp_path / "train.tsv", "one\teins\nno tab here\n")
+  with pytest.raises(DataError, match=r"train\.tsv, line 2: expected two tab-separated columns"):
+    sources.load_pairs(config, "train")
 
 
 def test_missing_file_is_named(tmp_path):

@@ -41,13 +41,14 @@ BAD_CONFIGS = [
     ("--config.adam_b2=1.0", "adam_b2=1.0 must be in [0, 1)"),
     ("--config.parallelism=model", "parallelism='model' is unknown; allowed: data, fsdp"),
     ("--config.max_length=1", "max_length=1 must be at least 2"),
+    ("--config.dataset=text --config.data_dir=/nonexistent", "/nonexistent"),
 ]
 
 
 @pytest.mark.parametrize("flag,message", BAD_CONFIGS)
 def test_a_bad_value_is_one_error_line_naming_the_key(tmp_path, flag, message):
   """Exit 2 and one `Error:` line, no traceback, before anything is built or compiled."""
-  result = _train(f"--workdir={tmp_path}", flag)
+  result = _train(f"--workdir={tmp_path}", *flag.split())
   assert result.returncode == 2, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("Error: ") and message in last, last
@@ -84,3 +85,19 @@ def test_a_short_run_on_the_number_task_then_a_resume(tmp_path):
   assert "Resumed from the checkpoint of step 4" in result.stderr
   assert "config.test_split is empty: no final test evaluation" in result.stderr
   assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "6"))
+
+
+def test_a_missing_test_split_fails_before_training(tmp_path):
+  """The test split is read after training; its absence is reported before any work."""
+  data = tmp_path / "data"
+  data.mkdir()
+  for split in ("train", "validation"):
+    (data / f"{split}.en").write_text("one\ntwo\nthree\n")
+    (data / f"{split}.de").write_text("eins\nzwei\ndrei\n")
+  result = _train(f"--workdir={tmp_path / 'run'}", "--config.dataset=text",
+                  f"--config.data_dir={data}", "--config.source_lang=en",
+                  "--config.target_lang=de")
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("Error: Missing file") and "test" in last, last
+  assert "Trained a" not in result.stderr

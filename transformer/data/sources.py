@@ -130,11 +130,12 @@ def _text_source(config, split: str) -> PairSource:
     return ListSource(list(zip(src_lines, tgt_lines)), name=f"{a} + {b}")
   lines = _read_lines(a)
   cols = (0, 1)
+  first_line = 1  # the file's line number of lines[0]
   if lines:
     head = lines[0].split("\t")
     if src_lang in head and tgt_lang in head:
       cols = (head.index(src_lang), head.index(tgt_lang))
-      lines = lines[1:]
+      lines, first_line = lines[1:], 2
   pairs = []
   for i, line in enumerate(lines):
     fields = line.split("\t")
@@ -142,7 +143,7 @@ def _text_source(config, split: str) -> PairSource:
       if not line.strip():
         pairs.append(("", ""))
         continue
-      raise DataError(f"{a}, line {i + 1}: expected two tab-separated columns (source, target), "
+      raise DataError(f"{a}, line {i + first_line}: expected two tab-separated columns (source, target), "
                       f"found {len(fields)}.")
     pairs.append((fields[cols[0]], fields[cols[1]]))
   return ListSource(pairs, name=a)

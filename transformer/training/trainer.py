@@ -24,7 +24,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from transformer.data import pipeline
+from transformer.data import pipeline, sources
 from transformer.training import sharding
 from transformer.training.checkpointing import Checkpointer, PreemptionWatcher, run_settings
 from transformer.training.flops import batch_flops, peak_flops_per_device, train_step_flops
@@ -65,6 +65,9 @@ class TrainingData:
 
 def pipeline_data(config, workdir: str) -> TrainingData:
   """The data pipeline's tokenizer, training iterator and validation batches for `config`."""
+  # The test split is read after training: a missing one must fail now, not hours later.
+  if config.get("test_split"):
+    sources.open_source(config, config.test_split)
   tokenizer = pipeline.get_tokenizer(config, workdir)
   row_multiple = jax.local_device_count()
   train_iter = pipeline.make_train_iterator(
