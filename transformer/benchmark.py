@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import resource
+import sys
 import time
 
 import jax
@@ -98,7 +99,11 @@ def run(config, *, steps: int, warmup: int) -> dict:
 def main(argv):
   del argv
   config = _CONFIG.value
-  r = run(config, steps=_STEPS.value, warmup=_WARMUP.value)
+  try:
+    r = run(config, steps=_STEPS.value, warmup=_WARMUP.value)
+  except ValueError as e:  # a config error (ConfigError): one line, as train.py does
+    print(f"Error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
   print(f"config        {config_flags.get_config_filename(flags.FLAGS['config'])}")
   print(f"devices       {r['devices']}; parallelism {config.parallelism}; "
         f"dtype {config.model.dtype}")

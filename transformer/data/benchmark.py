@@ -13,6 +13,7 @@ targets, the number of distinct batch shapes, and the pipeline's speed: non-pad 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 
@@ -64,6 +65,14 @@ def measure(config, tok, mode: str, max_batches: int) -> dict:
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except ValueError as e:  # a config or data error (DataError): one line, as train.py does
+    print(f"Error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _main(argv):
   del argv
   config = _CONFIG.value
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="data_benchmark_")
