@@ -42,10 +42,23 @@ SHAPE_FIELDS_BEFORE_THEY_EXISTED = {"attention_bias": True, "scan_layers": False
 
 
 class _HideOrbaxInfo(pylogging.Filter):
-  """Drops Orbax's INFO lines (dozens per save); its warnings and errors still show."""
+  """Drops Orbax's INFO lines (dozens per save) and its tracebacks of a failed background save,
+  which Checkpointer reports itself as one CheckpointSaveError line; other warnings and errors
+  still show."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno > pylogging.INFO or "orbax" not in record.pathname
+    if "orbax" not in record.pathname:
+      return True
+    if record.levelno <= pylogging.INFO:
+      return False
+    message = record.getMessage()
+    return not any(part in message for part in _SAVE_FAILURE_LOGS)
+
+
+# Orbax's log lines when a background save fails (each with a traceback).
+_SAVE_FAILURE_LOGS = ("_SignalingThread.run() raised an exception",
+                      "Commit operations or the Commit callback in background save thread",
+                      "Save Finalize thread", "[wait_until_finished]")
 
 
 def quiet_orbax_logs() -> None:
