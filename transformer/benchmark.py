@@ -18,7 +18,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 

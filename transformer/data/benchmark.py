@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from absl import app
 from absl import flags
 from absl import logging

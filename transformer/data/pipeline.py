@@ -26,7 +26,7 @@ from transformer.data import batching
 from transformer.data import sources
 from transformer.data import tokenizer as tokenizer_lib
 from transformer.data.batching import BATCHINGS
-from transformer.data.sources import DataError, load_pairs  # pylint: disable=unused-import
+from transformer.data.sources import DataError, load_pairs  # noqa: F401 (re-exported)
 from transformer.data.tokenizer import TOKENIZER_FILENAME, Tokenizer
 
 

@@ -75,7 +75,7 @@ def _read_lines(path: str) -> list[str]:
   if not os.path.isfile(path):
     directory = os.path.dirname(path) or "."
     present = sorted(os.listdir(directory)) if os.path.isdir(directory) else None
-    hint = (f"the directory does not exist" if present is None else
+    hint = ("the directory does not exist" if present is None else
             f"the directory holds: {', '.join(present[:20]) or 'nothing'}")
     raise DataError(f"Missing file {path} ({hint}). Set config.data_dir to a directory with "
                     f"{{split}}.{{lang}} or {{split}}.tsv files, or fix the split and language "
@@ -186,7 +186,7 @@ class TfdsSource(PairSource):
                         f"pairs 'de-en' whichever way you translate).")
     try:
       self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-      n = len(self._ds)
+      len(self._ds)  # opens the files: a split that is not prepared fails here
     except Exception as e:  # pylint: disable=broad-except
       raise DataError(
           f"Cannot read split {split!r} of tfds dataset {name!r} (data_dir={data_dir}): {e}\n"
