@@ -51,8 +51,8 @@ def get_config(grad_accum_steps="1"):
       positional_encoding="sinusoidal", norm_order="post", attention_impl="auto",
       attention_bias=False, scan_layers=False, remat_policy="none",
       dtype="bfloat16", param_dtype="float32")
-  # attention_impl="auto": cuDNN flash attention on NVIDIA GPUs, splash on TPUs (each call's
-  # kernel is logged once). scan_layers=True compiles 3-4x faster but ran 35% slower per step on
+  # attention_impl="auto": cuDNN flash attention on NVIDIA GPUs, splash on a single TPU
+  # device, XLA's attention otherwise (each call's kernel is logged once). scan_layers=True compiles 3-4x faster but ran 35% slower per step on
   # an H100 (docs/performance.md); remat_policy="dots" or "full" trades compute for memory.
 
   # Optimization: §5.3 Adam(0.9, 0.98, 1e-9), lr = d_model^-0.5 min(step^-0.5, step 4000^-1.5).

@@ -31,6 +31,9 @@ GPU_BF16 = dict(platform="gpu", dtype="bfloat16", head_dim=64, q_len=64, k_len=6
     (dict(GPU_BF16, platform="tpu", q_len=128, k_len=128), "splash"),
     (dict(GPU_BF16, platform="tpu", q_len=100, k_len=100), "xla"),
     (dict(GPU_BF16, platform="cpu"), "xla"),
+    (dict(GPU_BF16, packed=True, causal=True, devices=8), "xla"),  # Pallas: one device only
+    (dict(GPU_BF16, platform="tpu", q_len=128, k_len=128, devices=8), "xla"),
+    (dict(GPU_BF16, devices=8), "cudnn"),  # jax partitions cuDNN attention itself
 ])
 def test_auto_takes_the_first_kernel_that_serves_the_call(call, expected):
   assert K.choose_kernel("auto", AttentionCall(**call)) == (expected, None)

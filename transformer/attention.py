@@ -142,7 +142,8 @@ class MultiHeadAttention(nn.Module):
         q_len=query.shape[1], k_len=key.shape[1],
         causal=structured and mask.causal, packed=structured and mask.packed,
         dense_mask=mask is not None and not structured,
-        gpu_compute_capability=float(capability) if capability else None)
+        gpu_compute_capability=float(capability) if capability else None,
+        devices=jax.device_count())
     return attention_kernels.select(cfg.attention_impl, call)
 
   def _sow_weights(self, weights: Array) -> None:

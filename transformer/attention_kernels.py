@@ -16,6 +16,8 @@ kernel turns that into what it needs:
               GPUs (one segment array serves queries and keys, so not cross-attention).
   splash      jax's Pallas splash attention for TPUs: segment ids for padding and packing, a
               causal or full mask; sequence lengths a multiple of 128.
+  The two Pallas kernels serve single-device runs only for now: a pallas_call has no
+  partitioning rule, so with several devices they would need a shard_map (not built yet).
 
 `choose_kernel(requested, call)` returns the kernel that runs and, when it differs from the
 request, why. `attention_impl="auto"` takes the fastest kernel that serves the call (see
@@ -81,6 +83,7 @@ class AttentionCall:
   packed: bool = False
   dense_mask: bool = False  # an arbitrary boolean mask (the decoding cache's step mask)
   gpu_compute_capability: float | None = None
+  devices: int = 1  # jax.device_count(): the Pallas kernels are not partitioned across devices
 
   @property
   def is_self_attention(self) -> bool:
@@ -111,6 +114,10 @@ def unsupported_reason(kernel: str, call: AttentionCall) -> str | None:
     if call.causal and not call.is_self_attention:
       return "cuDNN's causal mask needs as many queries as keys"
     return None
+  if kernel in ("pallas_gpu", "splash") and call.devices > 1:
+    # A Pallas call has no partitioning rule: under a data-parallel jit XLA would gather the
+    # whole batch onto every device. (A shard_map around it is the way; not built yet.)
+    return f"the Pallas kernels are not partitioned across devices yet ({call.devices} here)"
   if kernel == "pallas_gpu":
     if platform != "gpu":
       return f"Pallas GPU attention runs on GPUs, not on {call.platform}"
