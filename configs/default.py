@@ -42,8 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
       d_model=128, d_ff=512, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
       dropout_rate=0.1, attention_dropout_rate=0.0, share_embeddings=True,
       positional_encoding="sinusoidal", norm_order="post", attention_impl="einsum",
-      attention_bias=False, scan_layers=False, remat_policy="none",
+      attention_bias=True, scan_layers=False, remat_policy="none",
       dtype="float32", param_dtype="float32"))
+  # attention_bias=True: this small model was tuned and measured with biases in W^Q,K,V,O (the
+  # paper's have none, as the WMT recipes): on 2026-11-27, 97.1% exact match with them and
+  # 95.9% without (one run each; a rerun of the same setting varies by about a point).
 
   # --- Optimization (§5.3, §5.4) ---
   config.schedule = "paper"         # "paper" (warmup then rsqrt) | "cosine" | "constant"

@@ -55,7 +55,8 @@ def test_a_few_steps_lower_the_loss_and_write_what_users_read(tmp_path):
     trainer.train_and_evaluate(config, workdir, data=_data())
   # So is a change of which parameters exist; the checkpoints stay where they were.
   config.model.d_model = 32
-  for key, value, message in (("attention_bias", True, "attention_bias: checkpoint False"),
+  bias = config.model.attention_bias
+  for key, value, message in (("attention_bias", not bias, f"attention_bias: checkpoint {bias}"),
                               ("scan_layers", True, "scan_layers: checkpoint False"),
                               ("norm_order", "pre", "norm_order: checkpoint 'post'")):
     changed = config.copy_and_resolve_references()
