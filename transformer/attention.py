@@ -134,15 +134,13 @@ class MultiHeadAttention(nn.Module):
     cfg = self.config
     if cfg.attention_impl == "einsum":
       return "einsum"
-    device = jax.devices()[0]
-    capability = getattr(device, "compute_capability", None)
     structured = isinstance(mask, AttentionMask)
     call = AttentionCall(
         platform=jax.default_backend(), dtype=cfg.dtype, head_dim=query.shape[-1],
         q_len=query.shape[1], k_len=key.shape[1],
         causal=structured and mask.causal, packed=structured and mask.packed,
         dense_mask=mask is not None and not structured,
-        gpu_compute_capability=float(capability) if capability else None,
+        gpu_compute_capability=attention_kernels.compute_capability(),
         devices=jax.device_count())
     return attention_kernels.select(cfg.attention_impl, call)
 

@@ -38,7 +38,6 @@ from absl import logging
 
 Array = jax.Array
 
-KERNELS = ("einsum", "xla", "cudnn", "pallas_gpu", "splash")
 # "dot_product" is the name this option had before "xla" and "cudnn" were separate choices.
 ALIASES = {"dot_product": "xla"}
 # The order "auto" tries, per platform: measured on an H100 (docs/performance.md) for GPUs.
@@ -88,6 +87,12 @@ class AttentionCall:
   @property
   def is_self_attention(self) -> bool:
     return self.q_len == self.k_len
+
+
+def compute_capability() -> float | None:
+  """The first device's CUDA compute capability (9.0 on Hopper), or None off NVIDIA GPUs."""
+  value = getattr(jax.devices()[0], "compute_capability", None)
+  return float(value) if value else None
 
 
 def _pallas_gpu_block(length: int) -> int:

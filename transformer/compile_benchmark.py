@@ -26,16 +26,24 @@ from transformer.training.schedules import create_schedule
 from transformer.training.steps import init_state, train_step
 
 
-def compile_step(model_config, *, rows: int, length: int) -> tuple[float, object]:
-  """(seconds, compiled) for the train step on [rows, length] batches; nothing is executed."""
+def recipe_step(model_config):
+  """(init, step): the WMT recipes' optimizer (§5.3 schedule, Adam) and label smoothing around
+  the train step; `init(key)` makes a state, `step` is jitted with the state donated."""
   tx = create_optimizer(schedule=create_schedule(
       "paper", learning_rate=1.0, warmup_steps=4000, d_model=model_config.d_model,
       total_steps=100_000))
-  key = jax.random.PRNGKey(0)
-  state = jax.eval_shape(functools.partial(init_state, model_config, tx), key)
-  batch = {k: jax.ShapeDtypeStruct((rows, length), jnp.int32) for k in ("inputs", "targets")}
+  init = functools.partial(init_state, model_config, tx)
   step = jax.jit(functools.partial(train_step, model_config=model_config, tx=tx,
-                                   label_smoothing=0.1, dropout_key=key), donate_argnums=0)
+                                   label_smoothing=0.1, dropout_key=jax.random.PRNGKey(0)),
+                 donate_argnums=0)
+  return init, step
+
+
+def compile_step(model_config, *, rows: int, length: int) -> tuple[float, object]:
+  """(seconds, compiled) for the train step on [rows, length] batches; nothing is executed."""
+  init, step = recipe_step(model_config)
+  state = jax.eval_shape(init, jax.random.PRNGKey(0))
+  batch = {k: jax.ShapeDtypeStruct((rows, length), jnp.int32) for k in ("inputs", "targets")}
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   return time.perf_counter() - t0, compiled

@@ -35,13 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer import attention_kernels, config as model_presets
+from transformer import attention_kernels, compilation_cache, config as model_presets
 from transformer.attention import scaled_dot_product_attention
 from transformer.attention_kernels import AttentionCall, AttentionMask
+from transformer.compile_benchmark import planned_bytes, recipe_step
 from transformer.training.flops import peak_flops_per_device, train_step_flops
-from transformer.training.optimizer import create_optimizer
-from transformer.training.schedules import create_schedule
-from transformer.training.steps import init_state, train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,14 +198,9 @@ def measure_step(case: StepCase, *, steps: int, warmup: int) -> dict:
   """Compiles (cold, then from the persistent cache) and times one train step."""
   preset = getattr(model_presets, case.preset)
   model_config = preset(max_len=max(256, case.length), **dict(case.overrides))
-  tx = create_optimizer(schedule=create_schedule(
-      "paper", learning_rate=1.0, warmup_steps=4000, d_model=model_config.d_model,
-      total_steps=100_000))
-  key = jax.random.PRNGKey(0)
-  state = jax.jit(functools.partial(init_state, model_config, tx))(key)
+  init, step_fn = recipe_step(model_config)
+  state = jax.jit(init)(jax.random.PRNGKey(0))
   batch = jax.device_put(_batch(case, model_config.vocab_size))
-  step_fn = jax.jit(functools.partial(train_step, model_config=model_config, tx=tx,
-                                      label_smoothing=0.1, dropout_key=key), donate_argnums=0)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   cold_s = time.perf_counter() - t0
@@ -228,15 +221,11 @@ def measure_step(case: StepCase, *, steps: int, warmup: int) -> dict:
   kernel_call = AttentionCall(
       platform=jax.default_backend(), dtype=model_config.dtype, head_dim=model_config.head_dim,
       q_len=case.length, k_len=case.length, causal=True, packed=case.packed,
-      gpu_compute_capability=_compute_capability())
+      gpu_compute_capability=attention_kernels.compute_capability())
   flops = train_step_flops(model_config, rows=case.rows, source_len=case.length,
                            target_len=case.length)
   peak, peak_text = peak_flops_per_device(jax.devices()[0], model_config.dtype)
-  analysis = compiled.memory_analysis()
-  planned = None
-  if analysis is not None:
-    planned = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-               + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
+  planned = planned_bytes(compiled)
   stats = jax.devices()[0].memory_stats() or {}
   tokens = 2 * case.rows * case.length
   return {
@@ -251,11 +240,6 @@ def measure_step(case: StepCase, *, steps: int, warmup: int) -> dict:
       "planned_bytes": planned, "allocator_peak_bytes": stats.get("peak_bytes_in_use"),
       "loss": float(metrics["loss_sum"] / metrics["tokens"]),
   }
-
-
-def _compute_capability() -> float | None:
-  value = getattr(jax.devices()[0], "compute_capability", None)
-  return float(value) if value else None
 
 
 def platform_kernels(platform: str, small: bool) -> list[tuple[str, bool]]:
@@ -284,9 +268,7 @@ def main(argv=None) -> int:
   if args.out:
     os.makedirs(args.out, exist_ok=True)
   cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="jax_cache_")
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.enable(cache_dir)
   device = jax.devices()[0]
   header = {"device": device.device_kind, "platform": platform, "count": jax.device_count(),
             "jax": jax.__version__, "small": small, "compilation_cache": cache_dir}
@@ -303,7 +285,7 @@ def main(argv=None) -> int:
   for kernel, interpret in [] if args.skip_kernels else platform_kernels(platform, small):
     for name, shapes in kernel_calls(small):
       call = AttentionCall(platform=platform, dtype=dtype, head_dim=depth, **shapes,
-                           gpu_compute_capability=_compute_capability())
+                           gpu_compute_capability=attention_kernels.compute_capability())
       if interpret:  # judged as on the platform the kernel is written for
         call = dataclasses.replace(call, platform="tpu" if kernel == "splash" else "gpu",
                                    dtype="bfloat16", gpu_compute_capability=9.0)
