@@ -29,8 +29,7 @@ def segment_mask(query_segments: Array, key_segments: Array) -> Array:
   Unpacked rows use segment ids `tokens != PAD` (1 for tokens, 0 for padding), so this one rule
   is both the padding mask and the mask that keeps packed pairs from seeing each other.
   """
-  same = query_segments[:, :, None] == key_segments[:, None, :]
-  return (same & (key_segments[:, None, :] != 0))[:, None, :, :]
+  return AttentionMask(query_segments, key_segments).dense()
 
 
 def causal_mask(length: int) -> Array:

@@ -29,6 +29,8 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn", "pallas_gpu", "sp
 # projections and the feed-forward network) and recomputes the rest, attention scores included;
 # "full" keeps only each layer's input.
 REMAT_POLICIES = ("none", "dots", "full")
+# What models saved before a field existed had (workdirs and checkpoints lacking the field).
+VALUES_BEFORE_FIELDS_EXISTED = {"attention_bias": True, "scan_layers": False}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from transformer import checkpoint_integrity
-from transformer.config import TransformerConfig
+from transformer.config import VALUES_BEFORE_FIELDS_EXISTED, TransformerConfig
 from transformer.model import Transformer
 
 CHECKPOINT_CHOICES = ("latest", "best", "averaged")
@@ -105,9 +105,7 @@ def _read_config_json(workdir: str) -> dict | None:
 def model_config_from_json(record: dict) -> TransformerConfig:
   fields = {f.name for f in dataclasses.fields(TransformerConfig)}
   values = {k: v for k, v in record.items() if k in fields}
-  # Workdirs written before `attention_bias` existed hold models with attention biases.
-  values.setdefault("attention_bias", True)
-  return TransformerConfig(**values)
+  return TransformerConfig(**{**VALUES_BEFORE_FIELDS_EXISTED, **values})
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

@@ -108,20 +108,19 @@ def token_budget_rows(config, buckets, *, process_count: int, row_multiple: int,
   if counting == "real" and lengths is None:
     raise ValueError("token_budget='real' needs the split's lengths.")
   rows = {}
+  if counting == "real":
+    src_len, tgt_len = lengths
+    longest = np.maximum(src_len, tgt_len)
   previous = 0
   for length in buckets:
-    per_row = float(length)
     if counting == "real":
-      src_len, tgt_len = lengths
-      longest = np.maximum(src_len, tgt_len)
       members = (longest <= length) & (longest > previous)
-      if members.any():
-        per_row = max(float(src_len[members].mean()), float(tgt_len[members].mean()))
-    previous = length
-    if counting == "real":
+      per_row = (max(float(src_len[members].mean()), float(tgt_len[members].mean()))
+                 if members.any() else float(length))
       r = int(round(int(config.tokens_per_batch) / per_row / unit)) * unit
     else:
       r = int(config.tokens_per_batch) // length // unit * unit
+    previous = length
     if r == 0:
       raise ValueError(
           f"config.tokens_per_batch={config.tokens_per_batch} cannot hold even {unit} rows "

@@ -32,13 +32,12 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from transformer import checkpoint_integrity
+from transformer.config import VALUES_BEFORE_FIELDS_EXISTED
 
 # The TransformerConfig fields that decide which parameters exist and their shapes.
 SHAPE_FIELDS = ("vocab_size", "d_model", "d_ff", "num_heads", "num_encoder_layers",
                 "num_decoder_layers", "share_embeddings", "max_len", "positional_encoding",
                 "param_dtype", "norm_order", "attention_bias", "scan_layers")
-# What a checkpoint written before a field existed holds (its value then).
-SHAPE_FIELDS_BEFORE_THEY_EXISTED = {"attention_bias": True, "scan_layers": False}
 
 
 class _HideOrbaxInfo(pylogging.Filter):
@@ -106,7 +105,7 @@ def model_config_json(model_config) -> dict:
 
 def check_same_shape(saved: dict, model_config, directory: str, step: int) -> None:
   current = model_config_json(model_config)
-  saved = {**SHAPE_FIELDS_BEFORE_THEY_EXISTED, **saved}
+  saved = {**VALUES_BEFORE_FIELDS_EXISTED, **saved}
   diffs = [f"{name}: checkpoint {saved.get(name)!r}, this config {current.get(name)!r}"
            for name in SHAPE_FIELDS
            if name in saved and saved.get(name) != current.get(name)
