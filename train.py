@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import compilation_cache
+from transformer.cli import fail
 from transformer.training.checkpointing import (CheckpointSaveError, ModelMismatchError,
                                                StateMismatchError)
 from transformer.training.trainer import train_and_evaluate
@@ -32,11 +33,6 @@ USER_ERRORS = (ValueError, WorkdirError, ModelMismatchError, StateMismatchError,
                WorkdirBusyError, CheckpointSaveError)
 
 
-def _user_error(message: str) -> None:
-  print(f"Error: {' '.join(message.split())}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
 def _unknown_key(error: Exception, argv: list[str]) -> None:
   """ml_collections' AttributeError for `--config.KEY=VALUE` with a KEY the config lacks."""
   name = str(error).strip("\"' ")
@@ -46,7 +42,7 @@ def _unknown_key(error: Exception, argv: list[str]) -> None:
   reference = default_config()
   section = reference.get(path[0]) if len(path) > 1 and reference is not None else reference
   known = sorted(section.keys()) if hasattr(section, "keys") else []
-  _user_error(f"{override}: the config has no key {'.'.join(path)!r}; known keys"
+  fail(f"{override}: the config has no key {'.'.join(path)!r}; known keys"
               f"{' under ' + path[0] if len(path) > 1 else ''}: {', '.join(known)}.")
 
 
@@ -57,7 +53,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:
     _unknown_key(e, argv)
   except flags.Error as e:
-    _user_error(str(e))
+    fail(str(e))
   return []
 
 
@@ -101,7 +97,7 @@ def main(argv):
   except USER_ERRORS as e:
     if _DEBUG.value or os.environ.get("TRANSFORMER_DEBUG"):
       raise
-    _user_error(str(e))
+    fail(str(e))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ set it to at least N (and `checkpoint_every_steps` to the interval you want) bef
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Sequence
 
 import jax
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from transformer import workdir as workdir_lib
+from transformer.cli import fail
 from transformer.workdir import AVERAGED_DIRNAME, CheckpointInfo, WorkdirError
 
 
@@ -116,8 +116,7 @@ def main(argv):
   try:
     path, steps = average(FLAGS.workdir, FLAGS.last, FLAGS.output)
   except (WorkdirError, ValueError) as e:
-    print(f"Error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(e)
   print(f"Averaged {len(steps)} checkpoints (steps {', '.join(map(str, steps))}) into {path}. "
         f"Use it with --checkpoint=averaged.")
 

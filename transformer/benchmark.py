@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import resource
-import sys
 import time
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from transformer.cli import fail
 from transformer.training import sharding, synthetic
 from transformer.training.flops import peak_flops_per_device, train_step_flops
 from transformer.training.optimizer import optimizer_from_config
@@ -101,8 +101,7 @@ def main(argv):
   try:
     r = run(config, steps=_STEPS.value, warmup=_WARMUP.value)
   except ValueError as e:  # a config error (ConfigError): one line, as train.py does
-    print(f"Error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+    fail(str(e))
   print(f"config        {config_flags.get_config_filename(flags.FLAGS['config'])}")
   print(f"devices       {r['devices']}; parallelism {config.parallelism}; "
         f"dtype {config.model.dtype}")

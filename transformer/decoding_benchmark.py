@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import importlib.util
 import os
-import sys
 import time
 from typing import Any
 
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from transformer.cli import fail
 from transformer.config import EOS_ID, PRESETS, TransformerConfig
 from transformer.decoding import beam_search
 from transformer.model import Transformer, init_params
@@ -170,8 +170,7 @@ def main(argv):
   try:
     config = load_model_config(FLAGS.config)
   except ValueError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(e)
   r = benchmark(config, batch_size=FLAGS.batch_size, source_length=FLAGS.source_length,
                 output_length=FLAGS.output_length, beam_sizes=[int(b) for b in FLAGS.beam_sizes],
                 repeats=FLAGS.repeats, uncached=FLAGS.uncached)

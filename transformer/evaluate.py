@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import jax
@@ -23,6 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import compilation_cache, workdir as workdir_lib
+from transformer.cli import fail
 from transformer.scores import score_translations
 from transformer.translator import Translator
 from transformer.workdir import WorkdirError
@@ -165,8 +165,7 @@ def main(argv):
                             alpha=FLAGS.alpha, max_examples=FLAGS.max_examples,
                             batch_size=FLAGS.batch_size)
   except (WorkdirError, ValueError) as e:
-    print(f"Error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(e)
   bleu_sig, chrf_sig = scores["sacrebleu_signature"].split("; ")
   print(f"{scores['split']}: {scores['num_examples']} sentences, {scores['checkpoint']}, beam "
         f"{scores['beam_size']}, alpha {scores['alpha']}")

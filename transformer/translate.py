@@ -21,6 +21,7 @@ import time
 from absl import app, flags, logging
 
 from transformer import compilation_cache, translator as translator_lib
+from transformer.cli import fail
 from transformer.workdir import WorkdirError, line_list
 
 
@@ -89,20 +90,17 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   if FLAGS.input and not os.path.isfile(FLAGS.input):
-    print(f"Error: --input={FLAGS.input} is not a file.", file=sys.stderr)
-    sys.exit(2)
+    fail(f"--input={FLAGS.input} is not a file.")
   problem = output_problem(FLAGS.output) if FLAGS.output else None
   if problem:
-    print(f"Error: {problem}", file=sys.stderr)
-    sys.exit(2)
+    fail(problem)
   compilation_cache.enable("auto")
   try:
     translator, info = translator_lib.translator_from_workdir(
         FLAGS.workdir, FLAGS.checkpoint, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
         batch_size=FLAGS.batch_size, max_extra=FLAGS.max_extra)
   except (WorkdirError, ValueError) as e:
-    print(f"Error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(e)
 
   if FLAGS.input:
     with open(FLAGS.input, "rb") as f:

@@ -13,7 +13,6 @@ targets, the number of distinct batch shapes, and the pipeline's speed: non-pad 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
@@ -22,6 +21,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from transformer.cli import fail
 from transformer.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
@@ -67,8 +67,7 @@ def main(argv):
   try:
     _main(argv)
   except ValueError as e:  # a config or data error (DataError): one line, as train.py does
-    print(f"Error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+    fail(str(e))
 
 
 def _main(argv):

@@ -253,10 +253,15 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
   init_fn = functools.partial(init_state, model_config, tx,
                               grad_accum_steps=config.grad_accum_steps)
-  abstract = jax.eval_shape(init_fn, init_key)
-  state_shardings = sharding.state_shardings(abstract, mesh, config.parallelism)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
+
+  def sharded_abstract(init):
+    """ShapeDtypeStructs with this run's shardings of the state `init(key)` makes."""
+    shapes = jax.eval_shape(init, init_key)
+    shardings = sharding.state_shardings(shapes, mesh, config.parallelism)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        shapes, shardings), shardings
+
+  abstract, state_shardings = sharded_abstract(init_fn)
 
   checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
   train_iter = data.train_iter
@@ -265,13 +270,9 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
     """The state as a checkpoint with other STATE_SETTINGS saved it, and its conversion."""
     saved_config = ml_collections.ConfigDict(config.to_dict())
     saved_config.update(saved)
-    old_init = functools.partial(init_state, model_config,
-                                 optimizer_from_config(saved_config, model_config.d_model),
-                                 grad_accum_steps=saved_config.grad_accum_steps)
-    old_abstract = jax.eval_shape(old_init, init_key)
-    old_shardings = sharding.state_shardings(old_abstract, mesh, config.parallelism)
-    old_abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                old_abstract, old_shardings)
+    old_abstract, _ = sharded_abstract(functools.partial(
+        init_state, model_config, optimizer_from_config(saved_config, model_config.d_model),
+        grad_accum_steps=saved_config.grad_accum_steps))
     convert = jax.jit(functools.partial(convert_state, tx=tx,
                                         grad_accum_steps=config.grad_accum_steps),
                       out_shardings=state_shardings)
