@@ -10,6 +10,7 @@ that jax.distributed detects by itself), or give `--coordinator_address`, `--num
 """
 
 import os
+import re
 import sys
 import time
 
@@ -19,8 +20,12 @@ from ml_collections import config_flags
 
 from transformer import compilation_cache
 from transformer.cli import fail
-from transformer.training.checkpointing import (CheckpointSaveError, ModelMismatchError,
-                                               StateMismatchError)
+from transformer.config_files import load_config_file
+from transformer.training.checkpointing import (
+  CheckpointSaveError,
+  ModelMismatchError,
+  StateMismatchError,
+)
 from transformer.training.trainer import train_and_evaluate
 from transformer.training.validation import default_config
 from transformer.training.workdir_lock import WorkdirBusyError
@@ -33,17 +38,32 @@ USER_ERRORS = (ValueError, WorkdirError, ModelMismatchError, StateMismatchError,
                WorkdirBusyError, CheckpointSaveError)
 
 
+def _config_named_in(argv: list[str]):
+  """The config file --config names (its known keys are the ones to list), or None."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      name, _, argument = arg[len("--config="):].partition(":")
+      try:
+        return load_config_file(name, argument or None)
+      except Exception:  # pylint: disable=broad-except  (only used to list key names)
+        return None
+  return None
+
+
 def _unknown_key(error: Exception, argv: list[str]) -> None:
   """ml_collections' AttributeError for `--config.KEY=VALUE` with a KEY the config lacks."""
-  name = str(error).strip("\"' ")
+  text = error.args[0] if error.args else str(error)
+  name = re.search(r"[A-Za-z_]\w*", str(text)).group(0)  # the message quotes the key first
+  hint = re.search(r'Did you mean "([^"]+)"', str(text))
   override = next((a for a in argv[1:] if a.startswith("--config.") and
                    name in a.split("=")[0].split(".")), f"--config.{name}")
   path = override.split("=")[0][len("--config."):].split(".")
-  reference = default_config()
+  reference = _config_named_in(argv) or default_config()
   section = reference.get(path[0]) if len(path) > 1 and reference is not None else reference
   known = sorted(section.keys()) if hasattr(section, "keys") else []
-  fail(f"{override}: the config has no key {'.'.join(path)!r}; known keys"
-              f"{' under ' + path[0] if len(path) > 1 else ''}: {', '.join(known)}.")
+  suggestion = f"; did you mean {hint.group(1)!r}?" if hint else ""
+  fail(f"{override}: the config has no key {'.'.join(path)!r}{suggestion}; known keys"
+       f"{' under ' + path[0] if len(path) > 1 else ''}: {', '.join(known)}.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.task = "translation"       # transformer/tasks: "translation" | "language_model"
 
   # --- Data (transformer/data) ---
   config.dataset = "numbers"        # "numbers" (built-in) | "tfds" | "text" (local files)
@@ -51,11 +52,12 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Optimization (§5.3, §5.4) ---
   config.schedule = "paper"         # "paper" (warmup then rsqrt) | "cosine" | "constant"
   config.learning_rate = 1.0        # multiplies the paper's d_model^-0.5 schedule; peak for others
+  config.final_learning_rate_fraction = 0.0  # "cosine" decays to this fraction of the peak
   config.warmup_steps = 400
   config.adam_b1 = 0.9
   config.adam_b2 = 0.98
   config.adam_eps = 1e-9
-  config.weight_decay = 0.0
+  config.weight_decay = 0.0         # AdamW's decoupled decay, on weight matrices only
   config.grad_clip_norm = 0.0       # 0 = no clipping
   config.grad_accum_steps = 1       # batches summed into one update
   config.label_smoothing = 0.1

@@ -9,20 +9,11 @@ test_2016_flickr (docs/translation.md has the commands); the 12,000 steps below 
 there and minutes on a GPU.
 """
 
-import importlib.util
-import os
-
-
-def _default_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-  spec = importlib.util.spec_from_file_location("_default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from transformer.config_files import load_config_file
 
 
 def get_config():
-  config = _default_config()
+  config = load_config_file("default")
 
   # Data: local text files, shared SentencePiece vocabulary of 8000.
   config.dataset = "text"

@@ -9,20 +9,11 @@ The dataset must be prepared once (docs/data.md):
 `tfds build wmt14_translate --config=de-en --file_format=array_record`.
 """
 
-import importlib.util
-import os
-
-
-def _default_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-  spec = importlib.util.spec_from_file_location("_default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from transformer.config_files import load_config_file
 
 
 def get_config(grad_accum_steps="1"):
-  config = _default_config()
+  config = load_config_file("default")
   accum = int(grad_accum_steps or 1)
 
   # Data: tfds wmt14_translate/de-en read as en -> de; newstest2013 validates, newstest2014 tests.
@@ -52,8 +43,9 @@ def get_config(grad_accum_steps="1"):
       attention_bias=False, scan_layers=False, remat_policy="none",
       dtype="bfloat16", param_dtype="float32")
   # attention_impl="auto": cuDNN flash attention on NVIDIA GPUs, splash on a single TPU
-  # device, XLA's attention otherwise (each call's kernel is logged once). scan_layers=True compiles 3-4x faster but ran 35% slower per step on
-  # an H100 (docs/performance.md); remat_policy="dots" or "full" trades compute for memory.
+  # device, XLA's attention otherwise (each call's kernel is logged once). scan_layers=True
+  # compiles 3-4x faster but ran 35% slower per step on an H100 (docs/performance.md);
+  # remat_policy="dots" or "full" trades compute for memory.
 
   # Optimization: §5.3 Adam(0.9, 0.98, 1e-9), lr = d_model^-0.5 min(step^-0.5, step 4000^-1.5).
   config.schedule = "paper"
@@ -68,8 +60,10 @@ def get_config(grad_accum_steps="1"):
   # The run: 100k steps (12 hours on 8 P100s in the paper).
   config.num_train_steps = 100_000
   config.log_every_steps = 100
-  config.eval_every_steps = 4000        # a multiple of checkpoint_every_steps, so "best" has a choice
-  config.eval_bleu_examples = 500       # newstest2013 sentences translated for BLEU at each evaluation
+  config.eval_every_steps = 4000        # a multiple of checkpoint_every_steps,
+                                        # so "best" has a choice
+  config.eval_bleu_examples = 500       # newstest2013 sentences translated for BLEU
+                                        # at each evaluation
   config.checkpoint_every_steps = 2000
   config.checkpoint_every_minutes = 10.0  # §6.1: "checkpoints, which were written at 10-minute
                                         # intervals"; averaged with transformer.average --last=5

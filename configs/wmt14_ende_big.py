@@ -5,23 +5,15 @@
 The base recipe (wmt14_ende_base.py) with Table 3's big sizes: d_model 1024, d_ff 4096, 16 heads,
 P_drop 0.3 (the EN-DE big model's), 300,000 steps (3.5 days on 8 P100s in the paper). Same
 batches of ~25,000 + 25,000 tokens; `--config=configs/wmt14_ende_big.py:K` accumulates K smaller
-batches per update. FSDP spreads parameters and Adam state over the devices: `--config.parallelism=fsdp`.
+batches per update. FSDP spreads parameters and Adam state over the devices:
+`--config.parallelism=fsdp`.
 """
 
-import importlib.util
-import os
-
-
-def _base_config(grad_accum_steps):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wmt14_ende_base.py")
-  spec = importlib.util.spec_from_file_location("_wmt14_ende_base", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(grad_accum_steps)
+from transformer.config_files import load_config_file
 
 
 def get_config(grad_accum_steps="1"):
-  config = _base_config(grad_accum_steps)
+  config = load_config_file("wmt14_ende_base", grad_accum_steps)
   config.model.update(d_model=1024, d_ff=4096, num_heads=16, dropout_rate=0.3)
   config.num_train_steps = 300_000
   config.eval_every_steps = 10_000

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from transformer import config as C
-from transformer.attention import (MultiHeadAttention, attention_weights, causal_mask,
-                                   scaled_dot_product_attention, segment_mask)
+from transformer.attention import (
+  MultiHeadAttention,
+  attention_weights,
+  causal_mask,
+  scaled_dot_product_attention,
+  segment_mask,
+)
 
 
 def _qkv(seed=0, batch=2, q_len=5, k_len=7, heads=3, depth=8):

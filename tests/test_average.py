@@ -14,14 +14,14 @@ import pytest
 from transformer import workdir as workdir_lib
 from transformer.average import average
 from transformer.config import TransformerConfig
-from transformer.model import init_params
+from transformer.models import init_params
 from transformer.training.checkpointing import Checkpointer
 from transformer.training.steps import TrainState
 from transformer.workdir import WorkdirError, find_checkpoint, load_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = TransformerConfig(vocab_size=24, d_model=16, d_ff=32, num_heads=2, num_encoder_layers=1,
-                           num_decoder_layers=1, max_len=16)
+                           num_decoder_layers=1, max_length=16)
 
 
 _BASE = []

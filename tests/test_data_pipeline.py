@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from transformer.config import EOS_ID, PAD_ID
-from transformer.data import batching
-from transformer.data import pipeline
+from transformer.data import batching, pipeline
 from transformer.data import tokenizer as tokenizer_lib
 
 EN = "the a cat dog sat ran on under green old river field house tree small big".split()

@@ -1,4 +1,5 @@
-"""Sources: local parallel text, the number task, tfds under mock_data; bad input gives its message."""
+"""Sources: local parallel text, the number task, tfds under mock_data; bad input gives its
+message."""
 
 import os
 import subprocess
@@ -9,8 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from transformer.data import number_task
-from transformer.data import sources
+from transformer.data import number_task, sources
 from transformer.data.sources import DataError
 
 

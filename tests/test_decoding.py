@@ -42,7 +42,7 @@ def markov_fn(table):
   return lambda tokens, cache: (table[tokens[:, 0]], cache)
 
 
-def brute_force(next_log_probs, limit, alpha):
+def brute_force(next_log_probs, limit, length_penalty):
   """Every sequence of length <= limit ending in EOS, best first: [(score, tokens)].
 
   next_log_probs(prefix) gives float64 log-probs of the next token after prefix (BOS first).
@@ -56,7 +56,7 @@ def brute_force(next_log_probs, limit, alpha):
       for token in seq:
         log_prob += next_log_probs(prefix)[token]
         prefix += (token,)
-      found.append((log_prob / ((5.0 + n) / 6.0) ** alpha, seq))
+      found.append((log_prob / ((5.0 + n) / 6.0) ** length_penalty, seq))
   return sorted(found, key=lambda item: -item[0])
 
 
@@ -83,7 +83,7 @@ TRAP = markov_logits({
 
 def test_greedy_is_not_the_best_but_beam_search_finds_it():
   next_log_probs = lambda prefix: log_softmax(TRAP[prefix[-1]])
-  best = brute_force(next_log_probs, limit=3, alpha=0.6)
+  best = brute_force(next_log_probs, limit=3, length_penalty=0.6)
   greedy = greedy_search(markov_fn(TRAP), {}, batch_size=1, max_decode_len=3)
   np.testing.assert_array_equal(greedy, [[A, A, EOS_ID]])  # forced EOS at the limit
   assert best[0][1] == (B, EOS_ID)
@@ -92,46 +92,48 @@ def test_greedy_is_not_the_best_but_beam_search_finds_it():
   np.testing.assert_allclose(scores[0, 0], best[0][0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+@pytest.mark.parametrize("length_penalty", [0.0, 0.6, 2.0])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_beam_search_returns_the_exact_best_sequences(seed, alpha):
+def test_beam_search_returns_the_exact_best_sequences(seed, length_penalty):
   # With two ordinary tokens and limit 3 there are at most 4 alive prefixes, so beam 4 is
   # exhaustive: its 4 finished hypotheses must be the 4 best of all 7 sequences, in order.
   rng = np.random.default_rng(seed)
   table = rng.normal(size=(VOCAB, VOCAB)) * 1.5
   table[:, IMPOSSIBLE] = -np.inf
-  expected = brute_force(lambda prefix: log_softmax(table[prefix[-1]]), limit=3, alpha=alpha)[:4]
-  seqs, scores = beam_search(markov_fn(table), {}, batch_size=1, beam_size=4, alpha=alpha,
-                             max_decode_len=3)
+  expected = brute_force(lambda prefix: log_softmax(table[prefix[-1]]), limit=3,
+                         length_penalty=length_penalty)[:4]
+  seqs, scores = beam_search(markov_fn(table), {}, batch_size=1, beam_size=4,
+                             length_penalty=length_penalty, max_decode_len=3)
   np.testing.assert_array_equal(seqs[0], [padded(seq, 3) for _, seq in expected])
   np.testing.assert_allclose(scores[0], [score for score, _ in expected], rtol=1e-5)
 
 
 def test_length_penalty_changes_the_winner():
-  # Long sequences are favoured as alpha grows: B EOS (p=.36) against A A EOS (p=.0648).
+  # Long sequences are favoured as length_penalty grows: B EOS (p=.36) against A A EOS (p=.0648).
   table = markov_logits({BOS_ID: {A: 0.6, B: 0.4},
                          A: {A: 0.9, B: 0.05, EOS_ID: 0.05},
                          B: {A: 0.04, B: 0.01, EOS_ID: 0.95}})
   winners = {}
-  for alpha in (0.0, 10.0):
-    seqs, scores = beam_search(markov_fn(table), {}, batch_size=1, beam_size=4, alpha=alpha,
-                               max_decode_len=3)
-    best = brute_force(lambda prefix: log_softmax(table[prefix[-1]]), 3, alpha)[0]
+  for length_penalty in (0.0, 10.0):
+    seqs, scores = beam_search(markov_fn(table), {}, batch_size=1, beam_size=4,
+                               length_penalty=length_penalty, max_decode_len=3)
+    best = brute_force(lambda prefix: log_softmax(table[prefix[-1]]), 3, length_penalty)[0]
     np.testing.assert_array_equal(seqs[0, 0], padded(best[1], 3))
     np.testing.assert_allclose(scores[0, 0], best[0], rtol=1e-5)
-    winners[alpha] = best[1]
+    winners[length_penalty] = best[1]
   assert winners[0.0] != winners[10.0]
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.6])
-def test_beam_size_one_is_greedy(alpha):
+@pytest.mark.parametrize("length_penalty", [0.0, 0.6])
+def test_beam_size_one_is_greedy(length_penalty):
   rng = np.random.default_rng(3)
   table = rng.normal(size=(VOCAB, VOCAB))
   table[:, IMPOSSIBLE] = -np.inf
   table[:, EOS_ID] -= 1.0  # longer sequences
   fn = markov_fn(table)
   greedy = greedy_search(fn, {}, batch_size=1, max_decode_len=8)
-  seqs, scores = beam_search(fn, {}, batch_size=1, beam_size=1, alpha=alpha, max_decode_len=8)
+  seqs, scores = beam_search(fn, {}, batch_size=1, beam_size=1, length_penalty=length_penalty,
+                             max_decode_len=8)
   np.testing.assert_array_equal(seqs[:, 0], greedy)
   # The score is the greedy sequence's log-prob over its length penalty.
   prefix, log_prob = (BOS_ID,), 0.0
@@ -141,7 +143,7 @@ def test_beam_size_one_is_greedy(alpha):
     log_prob += log_softmax(table[prefix[-1]])[token]
     prefix += (int(token),)
   n = len(prefix) - 1
-  np.testing.assert_allclose(scores[0, 0], log_prob / ((5 + n) / 6) ** alpha, rtol=1e-5)
+  np.testing.assert_allclose(scores[0, 0], log_prob / ((5 + n) / 6) ** length_penalty, rtol=1e-5)
 
 
 def test_decoding_stops_at_eos_and_pads_after_it():
@@ -239,11 +241,11 @@ def history_cache():
 
 
 def test_cache_is_threaded_and_reordered_with_the_beams():
-  alpha = 0.6
+  length_penalty = 0.6
   seqs, scores = beam_search(history_fn, history_cache(), batch_size=2, beam_size=4,
-                             alpha=alpha, max_decode_len=3)
+                             length_penalty=length_penalty, max_decode_len=3)
   for example in range(2):
-    expected = brute_force(lambda prefix: history_log_probs(example, prefix), 3, alpha)[:4]
+    expected = brute_force(lambda prefix: history_log_probs(example, prefix), 3, length_penalty)[:4]
     np.testing.assert_array_equal(seqs[example], [padded(seq, 3) for _, seq in expected])
     np.testing.assert_allclose(scores[example], [score for score, _ in expected], rtol=1e-5)
 
@@ -251,9 +253,9 @@ def test_cache_is_threaded_and_reordered_with_the_beams():
 def test_longer_beam_scores_match_the_uncached_model():
   # Not exhaustive: each returned hypothesis's score must equal the uncached model's
   # log-prob of exactly that sequence, which fails if cache rows do not follow their beams.
-  alpha, max_len = 0.6, 10
+  length_penalty, max_length = 0.6, 10
   seqs, scores = beam_search(history_fn, history_cache(), batch_size=2, beam_size=3,
-                             alpha=alpha, max_decode_len=max_len)
+                             length_penalty=length_penalty, max_decode_len=max_length)
   assert_well_formed(seqs)
   for example, beam in itertools.product(range(2), range(3)):
     seq = [int(t) for t in seqs[example, beam] if t != PAD_ID]
@@ -261,23 +263,23 @@ def test_longer_beam_scores_match_the_uncached_model():
     for token in seq:
       log_prob += history_log_probs(example, prefix)[token]
       prefix += (token,)
-    np.testing.assert_allclose(scores[example, beam], log_prob / ((5 + len(seq)) / 6) ** alpha,
-                               rtol=1e-5)
+    np.testing.assert_allclose(scores[example, beam],
+                               log_prob / ((5 + len(seq)) / 6) ** length_penalty, rtol=1e-5)
   assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)  # best first
 
 
 def test_greedy_matches_the_uncached_model():
-  max_len = 10
+  max_length = 10
   greedy = greedy_search(history_fn, history_cache(), batch_size=2,
-                         max_decode_len=max_len)
+                         max_decode_len=max_length)
   for example in range(2):
     prefix = (BOS_ID,)
-    while prefix[-1] != EOS_ID and len(prefix) <= max_len:
+    while prefix[-1] != EOS_ID and len(prefix) <= max_length:
       log_probs = history_log_probs(example, prefix)
-      if len(prefix) == max_len:
+      if len(prefix) == max_length:
         log_probs = np.where(np.arange(VOCAB) == EOS_ID, log_probs, -np.inf)
       prefix += (int(np.argmax(log_probs)),)
-    np.testing.assert_array_equal(greedy[example], padded(prefix[1:], max_len))
+    np.testing.assert_array_equal(greedy[example], padded(prefix[1:], max_length))
 
 
 def test_jit_traces_the_step_once_and_matches_eager():

@@ -21,7 +21,8 @@ def test_device_check_runs_reduced_on_cpu(tmp_path):
   assert result.returncode == 0, result.stdout + result.stderr
   out = result.stdout
   assert "reduced shapes" in out and "all checks passed" in out
-  records = [json.loads(line) for line in (tmp_path / "device_check.jsonl").read_text().splitlines()]
+  records = [json.loads(line)
+             for line in (tmp_path / "device_check.jsonl").read_text().splitlines()]
   checked = {(r["kernel"], r["call"]) for r in records if "output_rel_err" in r}
   assert {("xla", "packed causal"), ("pallas_gpu", "packed causal"),
           ("splash", "packed causal")} <= checked

@@ -1,4 +1,5 @@
-"""evaluate_split: translate a split, score it, write eval_<split>.json; from memory or a workdir."""
+"""translate_split and evaluate_workdir: translate a split, score it, write
+eval_<split>.json; from memory or a workdir."""
 
 import dataclasses
 import json
@@ -10,12 +11,14 @@ import optax
 import pytest
 
 from transformer.data.pipeline import get_tokenizer
-from transformer.evaluate import evaluate_split, resolve_split
-from transformer.model import init_params
+from transformer.data.tokenizer import save_tokenizer
+from transformer.evaluate import evaluate_workdir
+from transformer.models import init_params
 from transformer.scores import score_translations
+from transformer.tasks.translation import TranslationTask, resolve_split, translate_split
 from transformer.training.checkpointing import Checkpointer
 from transformer.training.steps import TrainState
-from transformer.training.validation import default_config, model_config_from
+from transformer.training.validation import default_config
 from transformer.workdir import WorkdirError
 
 KEYS = ("bleu", "chrf", "tokenized_bleu", "exact_match", "num_examples", "sacrebleu_signature")
@@ -35,15 +38,15 @@ def run(tmp_path_factory):
   config.eval_batch_size = 4
   config.num_samples_to_print = 2
   tokenizer = get_tokenizer(config, workdir)
-  model_config = model_config_from(config, tokenizer.vocab_size)
+  model_config = TranslationTask().model_config(config, tokenizer.vocab_size)
   params = init_params(model_config, jax.random.PRNGKey(0))
   return config, workdir, tokenizer, model_config, params
 
 
 def test_evaluate_in_memory_writes_scores(run):
   config, workdir, tokenizer, model_config, params = run
-  result = evaluate_split(config, workdir, "test", params=params, tokenizer=tokenizer,
-                          model_config=model_config, max_examples=4, beam_size=1, step=3)
+  result = translate_split(config, workdir, "test", params=params, tokenizer=tokenizer,
+                           model_config=model_config, max_examples=4, beam_size=1, step=3)
   for key in KEYS:
     assert key in result
   assert result["num_examples"] == 4 and result["step"] == 3 and result["beam_size"] == 1
@@ -62,8 +65,8 @@ def test_evaluate_in_memory_writes_scores(run):
   assert result["chrf"] == pytest.approx(expected["chrf"])
   # write=False leaves the files alone (the trainer's periodic validation).
   os.remove(os.path.join(workdir, "eval_test.json"))
-  evaluate_split(config, workdir, "test", params=params, tokenizer=tokenizer,
-                 model_config=model_config, max_examples=4, beam_size=1, write=False)
+  translate_split(config, workdir, "test", params=params, tokenizer=tokenizer,
+                  model_config=model_config, max_examples=4, beam_size=1, write=False)
   assert not os.path.exists(os.path.join(workdir, "eval_test.json"))
 
 
@@ -76,7 +79,7 @@ def test_evaluate_from_workdir_checkpoint(run):
   checkpointer.save(5, TrainState(step=jnp.int32(5), params=params, opt_state=tx.init(params)),
                     None, model_config)
   checkpointer.close()
-  result = evaluate_split(None, workdir, "validation", max_examples=4, beam_size=1)
+  result = evaluate_workdir(workdir, "validation", max_examples=4, beam_size=1)
   assert result["split"] == resolve_split(config, "validation") == "validation"
   assert result["step"] == 5 and "step 5" in result["checkpoint"]
   assert result["num_examples"] == 4
@@ -85,9 +88,11 @@ def test_evaluate_from_workdir_checkpoint(run):
 
 def test_missing_pieces_name_what_to_do(tmp_path, run):
   config, workdir, tokenizer, _, _ = run
-  with pytest.raises(WorkdirError, match=r"tokenizer\.model is missing.*python train\.py"):
-    evaluate_split(config, str(tmp_path), "test")
+  with pytest.raises(WorkdirError, match=r"tokenizer\.model \(or characters\.json\) is "
+                     r"missing.*python train\.py"):
+    evaluate_workdir(str(tmp_path), "test", config=config)
   with pytest.raises(WorkdirError, match=r"config\.json is missing.*--config"):
-    evaluate_split(None, str(tmp_path), "test", tokenizer=tokenizer)
+    evaluate_workdir(str(tmp_path), "test")
+  save_tokenizer(tokenizer, os.path.join(str(tmp_path), "tokenizer.model"))
   with pytest.raises(WorkdirError, match=r"No checkpoint.*python train\.py"):
-    evaluate_split(config, str(tmp_path), "test", tokenizer=tokenizer)
+    evaluate_workdir(str(tmp_path), "test", config=config)

@@ -8,14 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer import config as C
-from transformer.layers import (Embedding, FeedForward, PositionalEncoding, sinusoidal_table,
-                                sublayer_connection)
+from transformer.layers import (
+  Embedding,
+  FeedForward,
+  PositionalEncoding,
+  sinusoidal_table,
+  sublayer_connection,
+)
 
 
 def test_sinusoidal_table_is_the_papers_formula():
-  d_model, max_len = 16, 50
-  table = sinusoidal_table(max_len, d_model)
-  for pos in range(max_len):
+  d_model, max_length = 16, 50
+  table = sinusoidal_table(max_length, d_model)
+  for pos in range(max_length):
     for i in range(d_model // 2):
       angle = pos / 10000 ** (2 * i / d_model)
       assert math.isclose(table[pos, 2 * i], math.sin(angle), abs_tol=1e-6)
@@ -23,7 +28,7 @@ def test_sinusoidal_table_is_the_papers_formula():
 
 
 def test_positional_encoding_adds_the_table_and_honours_positions():
-  cfg = C.tiny(d_model=16, max_len=10, deterministic=True)
+  cfg = C.tiny(d_model=16, max_length=10, deterministic=True)
   layer = PositionalEncoding(cfg)
   x = jnp.zeros((1, 4, 16))
   out = layer.apply({}, x)
@@ -34,7 +39,7 @@ def test_positional_encoding_adds_the_table_and_honours_positions():
 
 
 def test_learned_positions_have_parameters():
-  cfg = C.tiny(d_model=16, max_len=10, positional_encoding="learned", deterministic=True)
+  cfg = C.tiny(d_model=16, max_length=10, positional_encoding="learned", deterministic=True)
   params = PositionalEncoding(cfg).init(jax.random.key(0), jnp.zeros((1, 4, 16)))["params"]
   assert params["position_embedding"].shape == (10, 16)
 

@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 
 from transformer import config as C
-from transformer.model import (Transformer, count_params, decode_step, init_decode_cache,
-                               init_params, shift_right)
+from transformer.model import (
+  Transformer,
+  decode_step,
+  init_decode_cache,
+  shift_right,
+)
+from transformer.models import count_params, init_params
 
-CFG = C.tiny(vocab_size=50, d_model=32, d_ff=64, num_heads=4, max_len=24, dropout_rate=0.1)
+CFG = C.tiny(vocab_size=50, d_model=32, d_ff=64, num_heads=4, max_length=24, dropout_rate=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +128,8 @@ def test_attention_weights_can_be_read_out(params):
       {"params": params}, inputs, targets, mutable=["intermediates"])
   cross = state["intermediates"]["decoder"]["layer_0"]["cross_attention"]["attention_weights"][0]
   assert cross.shape == (1, CFG.num_heads, 4, 5)
-  masked_self = state["intermediates"]["decoder"]["layer_1"]["self_attention"]["attention_weights"][0]
+  masked_self = (
+      state["intermediates"]["decoder"]["layer_1"]["self_attention"]["attention_weights"][0])
   assert float(jnp.triu(masked_self[0, 0], k=1).max()) == 0.0
 
 
@@ -141,13 +147,14 @@ def test_bfloat16_forward_stays_close_to_float32(params):
   bf16 = _logits(params, inputs, targets, cfg=CFG.replace(dtype="bfloat16"))
   assert bf16.dtype == jnp.float32  # Logits come back in float32 whatever the compute dtype.
   assert float(jnp.abs(bf16 - ref).max()) < 0.1 * float(jnp.abs(ref).max())
-  np.testing.assert_array_equal(jnp.argmax(bf16, -1)[ref.max(-1) - jnp.sort(ref, -1)[..., -2] > 0.1],
-                                jnp.argmax(ref, -1)[ref.max(-1) - jnp.sort(ref, -1)[..., -2] > 0.1])
+  np.testing.assert_array_equal(
+      jnp.argmax(bf16, -1)[ref.max(-1) - jnp.sort(ref, -1)[..., -2] > 0.1],
+      jnp.argmax(ref, -1)[ref.max(-1) - jnp.sort(ref, -1)[..., -2] > 0.1])
 
 
 def test_inputs_longer_than_max_len_are_rejected(params):
-  too_long = _tokens(0, (1, CFG.max_len + 1))
-  with pytest.raises(ValueError, match=r"exceeds TransformerConfig.max_len=24"):
+  too_long = _tokens(0, (1, CFG.max_length + 1))
+  with pytest.raises(ValueError, match=r"exceeds TransformerConfig.max_length=24"):
     _logits(params, too_long, _tokens(1, (1, 3)))
   with pytest.raises(ValueError, match="max_decode_len=30"):
     init_decode_cache(CFG, params, _tokens(0, (1, 3)), max_decode_len=30)

@@ -10,12 +10,17 @@ import optax
 import pytest
 
 from transformer.config import tiny
-from transformer.model import (Transformer, decode_step, init_decode_cache, init_params,
-                               unrolled_params)
+from transformer.model import (
+  Transformer,
+  decode_step,
+  init_decode_cache,
+  unrolled_params,
+)
+from transformer.models import batch_forward, init_params
 from transformer.training.steps import init_state, train_step
 
 CFG = tiny(vocab_size=64, d_model=32, d_ff=64, num_heads=4, num_encoder_layers=3,
-           num_decoder_layers=2, max_len=24, dropout_rate=0.0, deterministic=True)
+           num_decoder_layers=2, max_length=24, dropout_rate=0.0, deterministic=True)
 
 
 def _tokens(seed, shape, pad_from=None):
@@ -98,8 +103,8 @@ def test_bfloat16_step_tracks_float32_on_the_same_batch():
   for dtype in ("float32", "bfloat16"):
     cfg = cfg32.replace(dtype=dtype)
     state = init_state(cfg, tx, jax.random.key(0))
-    step = jax.jit(functools.partial(train_step, model_config=cfg, tx=tx, label_smoothing=0.1,
-                                     dropout_key=jax.random.key(1)))
+    step = jax.jit(functools.partial(train_step, forward=batch_forward(cfg), tx=tx,
+                                     label_smoothing=0.1, dropout_key=jax.random.key(1)))
     new_state, metrics = step(state, batch)
     assert new_state.params["shared_embedding"]["embedding"].dtype == jnp.float32
     assert jax.tree.leaves(new_state.opt_state)[1].dtype == jnp.float32

@@ -23,7 +23,7 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
-ipykernel = pytest.importorskip("ipykernel")
+pytest.importorskip("ipykernel")
 import ipykernel.kernelspec  # noqa: E402
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 from jupyter_client.manager import KernelManager  # noqa: E402

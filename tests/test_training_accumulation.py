@@ -8,6 +8,7 @@ import numpy as np
 import optax
 
 from transformer.config import tiny
+from transformer.models import batch_forward
 from transformer.training.steps import init_state, train_step
 
 ROWS, LENGTH, VOCAB = 4, 8, 32
@@ -24,10 +25,10 @@ def _batch(rng, real_lengths):
 
 
 def _run(batches, grad_accum_steps, tx):
-  model_config = tiny(vocab_size=VOCAB, max_len=LENGTH, dropout_rate=0.0)
+  model_config = tiny(vocab_size=VOCAB, max_length=LENGTH, dropout_rate=0.0)
   state = init_state(model_config, tx, jax.random.PRNGKey(0), grad_accum_steps=grad_accum_steps)
   step = jax.jit(functools.partial(
-      train_step, model_config=model_config, tx=tx, label_smoothing=0.1,
+      train_step, forward=batch_forward(model_config), tx=tx, label_smoothing=0.1,
       dropout_key=jax.random.PRNGKey(1), grad_accum_steps=grad_accum_steps))
   states = []
   for batch in batches:
@@ -47,7 +48,7 @@ def test_two_micro_batches_of_different_sizes_equal_their_concatenation():
   first, second = _run([short, long], 2, tx)
 
   # No update after the first micro-batch; its gradient and tokens wait in state.accum.
-  fresh = init_state(tiny(vocab_size=VOCAB, max_len=LENGTH, dropout_rate=0.0), tx,
+  fresh = init_state(tiny(vocab_size=VOCAB, max_length=LENGTH, dropout_rate=0.0), tx,
                      jax.random.PRNGKey(0), grad_accum_steps=2)
   jax.tree.map(np.testing.assert_array_equal, first.params, fresh.params)
   assert float(first.accum["tokens"]) == 8.0

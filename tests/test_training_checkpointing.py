@@ -11,8 +11,7 @@ from absl import logging
 
 from transformer.config import TransformerConfig
 from transformer.training import synthetic, trainer
-from transformer.training.checkpointing import (CheckpointSaveError, Checkpointer,
-                                                ModelMismatchError)
+from transformer.training.checkpointing import Checkpointer, CheckpointSaveError, ModelMismatchError
 from transformer.training.smoke import tiny_run_config
 
 
@@ -77,7 +76,7 @@ def test_an_interrupted_save_is_ignored(tmp_path):
 
 
 def test_resuming_with_another_model_shape_says_so(tmp_path):
-  saved = TransformerConfig(vocab_size=100, d_model=32, d_ff=64, num_heads=2, max_len=16)
+  saved = TransformerConfig(vocab_size=100, d_model=32, d_ff=64, num_heads=2, max_length=16)
   _save_steps(str(tmp_path), [1], model_config=saved)
   other = saved.replace(d_model=64)
   with pytest.raises(ModelMismatchError, match=r"d_model: checkpoint 32, this config 64"):

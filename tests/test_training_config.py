@@ -1,9 +1,9 @@
 """Bad run configs are rejected before anything compiles, with a message naming the key."""
 
-import sys
 
 import pytest
 
+from transformer.config_files import load_config_file
 from transformer.training.validation import ConfigError, default_config, validate_config
 
 
@@ -33,8 +33,10 @@ def test_default_config_is_valid():
     (dict(warmup_steps=0), 1, r"warmup_steps=0 must be >= 1 with schedule='paper'"),
     (dict(learning_rate=0.0), 1, r"learning_rate=0.0 must be > 0"),
     (dict(adam_b2=1.0), 1, r"adam_b2=1.0 must be in \[0, 1\)"),
-    (dict(batching="tokens", tokens_per_batch=10), 1, r"tokens_per_batch=10 is smaller than max_length=64"),
-    (dict(**{"model.d_model": 130}), 1, r"d_model=130 is not divisible by num_heads=4.*config.model"),
+    (dict(batching="tokens", tokens_per_batch=10), 1,
+     r"tokens_per_batch=10 is smaller than max_length=64"),
+    (dict(**{"model.d_model": 130}), 1,
+     r"d_model=130 is not divisible by num_heads=4.*config.model"),
     (dict(**{"model.norm_order": "sandwich"}), 1, r"norm_order='sandwich' is unknown"),
     (dict(max_length=1), 1, r"max_length=1 must be at least 2"),
 ])
@@ -60,10 +62,24 @@ def test_batch_not_split_over_hosts():
 
 
 def test_recipes_are_valid():
-  import importlib.util, os  # pylint: disable=import-outside-toplevel,multiple-imports
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for name in ("default", "multi30k", "wmt14_ende_base", "wmt14_ende_big"):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "configs", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    validate_config(module.get_config(), num_devices=8)
+  for name in ("default", "multi30k", "wmt14_ende_base", "wmt14_ende_big", "shakespeare_char"):
+    validate_config(load_config_file(name), num_devices=4)
+  for size in ("large", "gpt"):
+    validate_config(load_config_file("shakespeare_char", size), num_devices=4)
+
+
+def test_a_language_model_config_is_checked_against_its_own_keys():
+  config = load_config_file("shakespeare_char")
+  config.beam_size = 4  # a translation key
+  with pytest.raises(ConfigError, match=r"Unknown config key\(s\): beam_size\. Known keys of "
+                     r"task='language_model' are those of configs/shakespeare_char\.py"):
+    validate_config(config, num_devices=1)
+  config = load_config_file("shakespeare_char")
+  config.sample_temperature = -1.0
+  with pytest.raises(ConfigError, match=r"sample_temperature=-1\.0 must be >= 0"):
+    validate_config(config, num_devices=1)
+  config = load_config_file("shakespeare_char")
+  config.task = "classification"
+  with pytest.raises(ConfigError, match=r"task='classification' is unknown; allowed: "
+                     r"translation, language_model"):
+    validate_config(config, num_devices=1)

@@ -11,13 +11,18 @@ import pytest
 
 from transformer.config import TransformerConfig
 from transformer.model import Transformer
-from transformer.training.flops import (batch_flops, forward_flops, peak_flops_per_device,
-                                        train_step_flops)
+from transformer.models import batch_forward
+from transformer.training.flops import (
+  batch_flops,
+  forward_flops,
+  peak_flops_per_device,
+  train_step_flops,
+)
 from transformer.training.steps import init_state, train_step
 
 CFG = TransformerConfig(vocab_size=4000, d_model=256, d_ff=1024, num_heads=4,
                         num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
-                        max_len=128)
+                        max_length=128)
 ROWS, SOURCE, TARGET = 4, 64, 48
 
 
@@ -45,8 +50,8 @@ def test_train_step_flops_are_three_forwards_by_xlas_count():
   state = jax.eval_shape(functools.partial(init_state, CFG, tx), jax.random.key(0))
   batch = {"inputs": jnp.ones((ROWS, SOURCE), jnp.int32),
            "targets": jnp.ones((ROWS, TARGET), jnp.int32)}
-  step = jax.jit(functools.partial(train_step, model_config=CFG, tx=tx, label_smoothing=0.1,
-                                   dropout_key=jax.random.key(0)))
+  step = jax.jit(functools.partial(train_step, forward=batch_forward(CFG), tx=tx,
+                                   label_smoothing=0.1, dropout_key=jax.random.key(0)))
   xla = _xla_flops(step.lower(state, batch).compile())
   ours = batch_flops(CFG, batch)
   assert ours == train_step_flops(CFG, rows=ROWS, source_len=SOURCE, target_len=TARGET)

@@ -45,7 +45,7 @@ def test_a_few_steps_lower_the_loss_and_write_what_users_read(tmp_path):
   assert os.listdir(os.path.join(workdir, "tensorboard"))[0].startswith("events.out.tfevents")
   with open(os.path.join(workdir, "config.json")) as f:
     resolved = json.load(f)
-  assert resolved["model"]["vocab_size"] == VOCAB and resolved["model"]["max_len"] == LENGTH
+  assert resolved["model"]["vocab_size"] == VOCAB and resolved["model"]["max_length"] == LENGTH
   assert resolved["config"]["num_train_steps"] == 30
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [10, 20, 30]
 
@@ -71,7 +71,8 @@ def test_checkpoints_from_before_attention_bias_are_refused_not_set_aside(tmp_pa
   """A checkpoint written before `attention_bias` existed holds attention biases: resuming it
   with today's default (no biases) is refused with the setting named, never discarded."""
   saved = {"vocab_size": 48, "d_model": 32}  # an old checkpoint's model JSON: no attention_bias
-  with pytest.raises(ModelMismatchError, match="attention_bias: checkpoint True, this config False"):
+  with pytest.raises(ModelMismatchError,
+                     match="attention_bias: checkpoint True, this config False"):
     checkpointing.check_same_shape(saved, TransformerConfig(vocab_size=48, d_model=32, num_heads=4),
                                    str(tmp_path), 7)
 
@@ -87,7 +88,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
   steps = sorted(int(s) for s in os.listdir(os.path.join(str(tmp_path), "checkpoints")))
   assert max(steps, default=0) <= 1
   if steps:
-    assert f"last good checkpoint (parameters checked finite when saved) is step {steps[-1]}" in message
+    assert ("last good checkpoint (parameters checked finite when saved) "
+            f"is step {steps[-1]}" in message)
   else:  # diverged before any checkpoint: said so, not "step None"
     assert "No checkpoint was written before this" in message and "None" not in message
 
@@ -134,7 +136,8 @@ def test_a_second_trainer_on_a_busy_workdir_refuses_at_once(tmp_path):
   second one before it reads data or compiles, naming the holder's host and pid."""
   workdir = str(tmp_path)
   with WorkdirLock(workdir):
-    with pytest.raises(WorkdirBusyError, match=rf"in use by another trainer \(host .*, pid {os.getpid()},"):
+    with pytest.raises(WorkdirBusyError,
+                       match=rf"in use by another trainer \(host .*, pid {os.getpid()},"):
       trainer.train_and_evaluate(tiny_run_config(steps=2), workdir, data=_data())
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 

@@ -11,10 +11,11 @@ import optax
 import pytest
 
 from transformer import translator as translator_lib
+from transformer import workdir as workdir_lib
 from transformer.config import EOS_ID, PAD_ID, TransformerConfig
 from transformer.data.tokenizer import save_tokenizer, train_tokenizer
 from transformer.decoding_benchmark import decode_batch_uncached
-from transformer.model import init_params
+from transformer.models import init_params
 from transformer.translate import read_lines
 from transformer.translator import Translator, decode_batch
 from transformer.workdir import WorkdirError
@@ -33,7 +34,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def model(tokenizer):
   config = TransformerConfig(vocab_size=tokenizer.vocab_size, d_model=32, d_ff=64, num_heads=2,
-                             num_encoder_layers=1, num_decoder_layers=1, max_len=MAX_LEN,
+                             num_encoder_layers=1, num_decoder_layers=1, max_length=MAX_LEN,
                              dropout_rate=0.0, deterministic=True)
   return config, init_params(config, jax.random.PRNGKey(0))
 
@@ -48,7 +49,7 @@ def test_cached_decoding_equals_uncached(model, beam_size):
   inputs[2, 2] = EOS_ID
   max_lengths = np.array([12, 5, 9, 1], np.int32)
   # Shapes as the Translator of test_real_model_translates_every_line uses (a compile reused).
-  kwargs = dict(config=config, beam_size=beam_size, alpha=0.6, max_decode_len=12)
+  kwargs = dict(config=config, beam_size=beam_size, length_penalty=0.6, max_decode_len=12)
   cached = jax.device_get(decode_batch(params, inputs, max_lengths, **kwargs))
   uncached = jax.device_get(decode_batch_uncached(params, inputs, max_lengths, **kwargs))
   np.testing.assert_array_equal(cached[0], uncached[0])
@@ -62,9 +63,9 @@ def test_cached_decoding_equals_uncached(model, beam_size):
 def _copy_decoder(calls):
   """A fake decode_batch that 'translates' a source into itself (to check the bookkeeping)."""
 
-  def fake(params, inputs, max_lengths, *, config, beam_size, alpha, max_decode_len,
+  def fake(params, inputs, max_lengths, *, config, beam_size, length_penalty, max_decode_len,
            eos_id=EOS_ID):
-    del params, alpha, eos_id
+    del params, length_penalty, eos_id
     inputs, max_lengths = np.asarray(inputs), np.asarray(max_lengths)
     calls.append((inputs.shape, max_decode_len, beam_size, inputs.copy(), max_lengths.copy()))
     out = np.zeros((inputs.shape[0], beam_size, max_decode_len), np.int32)
@@ -170,17 +171,18 @@ def test_cli_keeps_line_count_and_reports_bad_input(tmp_path, tokenizer, model):
 
 def test_missing_tokenizer_or_checkpoint_names_what_to_do(tmp_path, tokenizer):
   with pytest.raises(WorkdirError, match=r"tokenizer\.model.*python train\.py"):
-    translator_lib.translator_from_workdir(str(tmp_path))
+    workdir_lib.translator_from_workdir(str(tmp_path))
   save_tokenizer(tokenizer, str(tmp_path / "tokenizer.model"))
   with pytest.raises(WorkdirError, match=r"No checkpoint.*python train\.py"):
-    translator_lib.translator_from_workdir(str(tmp_path))
+    workdir_lib.translator_from_workdir(str(tmp_path))
   with pytest.raises(WorkdirError, match=r"transformer\.average"):
-    translator_lib.translator_from_workdir(str(tmp_path), checkpoint="averaged")
+    workdir_lib.translator_from_workdir(str(tmp_path), checkpoint="averaged")
   result = subprocess.run(
       [sys.executable, "-m", "transformer.translate", f"--workdir={tmp_path / 'empty'}"],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False, input="")
   assert result.returncode == 2
-  assert "tokenizer.model is missing" in result.stderr and "train.py" in result.stderr
+  assert "tokenizer.model (or characters.json) is missing" in result.stderr
+  assert "train.py" in result.stderr
 
 
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_newest_readable(
@@ -201,7 +203,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_newest_readable(
     if path.is_file() and path.stat().st_size > 100:
       path.write_bytes(path.read_bytes()[:40])  # truncated array data
   caplog.set_level(logging.WARNING, logger="absl")
-  _, info = translator_lib.translator_from_workdir(workdir)
+  _, info = workdir_lib.translator_from_workdir(workdir)
   assert info.step == 7
   messages = " ".join(r.getMessage() for r in caplog.records)
   assert "step 9" in messages and "Using the checkpoint of step 7" in messages

@@ -95,8 +95,8 @@ class MultiHeadAttention(nn.Module):
                cache_len: int | None = None) -> Array:
     cfg = self.config
     dense = functools.partial(
-        nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), dtype=cfg.compute_dtype,
-        param_dtype=cfg.params_dtype, use_bias=cfg.attention_bias,
+        nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), dtype=cfg.jnp_dtype,
+        param_dtype=cfg.jnp_param_dtype, use_bias=cfg.attention_bias,
         kernel_init=nn.initializers.xavier_uniform())
     query = dense(name="query")(inputs_q)  # [batch, q_len, heads, d_k]
     if cfg.decode and self.is_cross:
@@ -123,7 +123,7 @@ class MultiHeadAttention(nn.Module):
       out = scaled_dot_product_attention(query, key, value, mask,
                                          implementation=self._kernel(query, key, mask))
     return nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+        cfg.d_model, axis=(-2, -1), dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
         use_bias=cfg.attention_bias, kernel_init=nn.initializers.xavier_uniform(),
         name="out")(out)
 

@@ -113,7 +113,8 @@ def unsupported_reason(kernel: str, call: AttentionCall) -> str | None:
       return f"cuDNN's flash attention takes bfloat16 or float16, not {call.dtype}"
     max_head = 256 if (call.gpu_compute_capability or 0) >= 9.0 else 128
     if call.head_dim % 8 or call.head_dim > max_head:
-      return f"cuDNN needs a head dim that is a multiple of 8 and <= {max_head}, not {call.head_dim}"
+      return (f"cuDNN needs a head dim that is a multiple of 8 and <= {max_head}, "
+              f"not {call.head_dim}")
     if call.packed:
       return "packed rows (segment ids) have no cuDNN form in jax.nn.dot_product_attention"
     if call.causal and not call.is_self_attention:

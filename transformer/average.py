@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from transformer import workdir as workdir_lib
-from transformer.cli import fail
+from transformer.cli import fail, line_list
 from transformer.workdir import AVERAGED_DIRNAME, CheckpointInfo, WorkdirError
 
 
@@ -37,7 +37,7 @@ def select_steps(workdir: str, last: int) -> list[int]:
   if len(steps) < last:
     raise WorkdirError(
         f"Asked to average the last {last} checkpoints but {os.path.abspath(workdir)}/checkpoints "
-        f"keeps only {len(steps)} (steps {workdir_lib.line_list(steps)}). Use --last="
+        f"keeps only {len(steps)} (steps {line_list(steps)}). Use --last="
         f"{len(steps)}, or train with config.keep_checkpoints >= {last}.")
   return steps[-last:]
 
@@ -76,6 +76,7 @@ def _shape(config) -> tuple:
 def save_averaged(path: str, params: Any, config, steps: Sequence[int]) -> None:
   """Writes an averaged checkpoint (params, model, averaging) to `path`, replacing one there."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   from transformer.training.checkpointing import model_config_json  # pylint: disable=g-import-not-at-top
   workdir_lib.quiet_orbax()
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
@@ -105,7 +106,7 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A training workdir (checkpoints/ inside).")
   flags.DEFINE_integer("last", 5, "Average the last N checkpoints (paper: 5 base, 20 big).")
   flags.DEFINE_string("output", None,
-                                "Where to write the averaged checkpoint (default WORKDIR/averaged).")
+                      "Where to write the averaged checkpoint (default WORKDIR/averaged).")
 
 
 def main(argv):

@@ -20,13 +20,15 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from transformer import models
 from transformer.cli import fail
+from transformer.models import count_params
+from transformer.tasks import get_task
 from transformer.training import sharding, synthetic
 from transformer.training.flops import peak_flops_per_device, train_step_flops
 from transformer.training.optimizer import optimizer_from_config
 from transformer.training.steps import init_state, train_step
-from transformer.training.trainer import count_params
-from transformer.training.validation import model_config_from, validate_config
+from transformer.training.validation import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Run config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
@@ -45,7 +47,7 @@ def run(config, *, steps: int, warmup: int) -> dict:
   mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
   validate_config(config, num_devices=num_devices, process_count=jax.process_count())
-  model_config = model_config_from(config, config.vocab_size)
+  model_config = get_task(config).model_config(config, config.vocab_size)
   tx = optimizer_from_config(config, model_config.d_model)
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
   init_fn = functools.partial(init_state, model_config, tx)
@@ -59,7 +61,7 @@ def run(config, *, steps: int, warmup: int) -> dict:
       process_index=jax.process_index(), process_count=jax.process_count())
   batches = [sharding.global_batch(next(it), mesh) for _ in range(2)]
   step_fn = jax.jit(
-      functools.partial(train_step, model_config=model_config, tx=tx,
+      functools.partial(train_step, forward=models.batch_forward(model_config), tx=tx,
                         label_smoothing=config.label_smoothing, dropout_key=dropout_key),
       in_shardings=(shardings, sharding.batch_sharding(mesh)),
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)

@@ -20,7 +20,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from transformer import compilation_cache, config as presets
+from transformer import compilation_cache, models
+from transformer import config as presets
 from transformer.training.optimizer import create_optimizer
 from transformer.training.schedules import create_schedule
 from transformer.training.steps import init_state, train_step
@@ -33,7 +34,7 @@ def recipe_step(model_config):
       "paper", learning_rate=1.0, warmup_steps=4000, d_model=model_config.d_model,
       total_steps=100_000))
   init = functools.partial(init_state, model_config, tx)
-  step = jax.jit(functools.partial(train_step, model_config=model_config, tx=tx,
+  step = jax.jit(functools.partial(train_step, forward=models.batch_forward(model_config), tx=tx,
                                    label_smoothing=0.1, dropout_key=jax.random.PRNGKey(0)),
                  donate_argnums=0)
   return init, step
@@ -85,7 +86,7 @@ def main(argv=None) -> None:
           continue  # remat is measured on the layout a memory-bound user runs: scanned
         model_config = getattr(presets, name)(
             dtype=args.dtype, scan_layers=layout == "scanned", remat_policy=policy,
-            max_len=max(256, args.length))
+            max_length=max(256, args.length))
         seconds, compiled = compile_step(model_config, rows=args.rows, length=args.length)
         cached = "-"
         if args.cache_dir:

@@ -29,27 +29,52 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn", "pallas_gpu", "sp
 # projections and the feed-forward network) and recomputes the rest, attention scores included;
 # "full" keeps only each layer's input.
 REMAT_POLICIES = ("none", "dots", "full")
+# "encoder_decoder": the paper's Transformer (transformer/model.py); "decoder_only": the decoder
+# stack alone, without cross-attention, as a language model (GPT; transformer/decoder_only.py).
+ARCHITECTURES = ("encoder_decoder", "decoder_only")
+ACTIVATIONS = ("relu", "gelu")  # of the feed-forward network: the paper's ReLU, GPT's GELU
 # What models saved before a field existed had (workdirs and checkpoints lacking the field).
-VALUES_BEFORE_FIELDS_EXISTED = {"attention_bias": True, "scan_layers": False}
+VALUES_BEFORE_FIELDS_EXISTED = {"attention_bias": True, "scan_layers": False,
+                                "architecture": "encoder_decoder", "activation": "relu",
+                                "scale_embeddings": True}
+# Fields saved under an older name: {old: new}.
+RENAMED_FIELDS = {"max_len": "max_length"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key, the value and the fix."""
+
+
+def upgrade_record(record: dict) -> dict:
+  """A saved model record (a checkpoint's `model` item, config.json's "model") in today's field
+  names, with the values models had before later fields existed."""
+  record = {RENAMED_FIELDS.get(k, k): v for k, v in record.items()}
+  return {**VALUES_BEFORE_FIELDS_EXISTED, **record}
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Hyper-parameters of the encoder-decoder Transformer (§3, Table 3).
+  """Hyper-parameters of the Transformer (§3, Table 3), and of its decoder used alone.
 
   Attributes:
+    architecture: "encoder_decoder" (the paper's) or "decoder_only" (a language model: the
+      decoder's masked self-attention and feed-forward layers, no cross-attention, GPT's form).
     vocab_size: size of the (shared) vocabulary.
     d_model: width of every sub-layer output and of the embeddings (§3.1).
     d_ff: inner width of the position-wise feed-forward network (§3.3).
     num_heads: attention heads h; d_k = d_v = d_model / h (§3.2.2).
-    num_encoder_layers, num_decoder_layers: N in the paper (6 each).
+    num_encoder_layers, num_decoder_layers: N in the paper (6 each); a decoder-only model has
+      no encoder and must set num_encoder_layers=0.
+    activation: of the feed-forward network's inner layer: "relu" (§3.3, eq. 2) or "gelu"
+      (GPT's; the tanh approximation, as GPT-2).
     dropout_rate: P_drop, applied to each sub-layer output and to the sums of embeddings and
       positional encodings (§5.4).
     attention_dropout_rate: dropout on the attention weights (not in the paper; 0 by default).
     share_embeddings: one matrix for source embedding, target embedding and pre-softmax
       projection (§3.4, the paper's EN-DE setup with a shared vocabulary).
-    max_len: the longest sequence the model accepts (and the size of the positional table).
+    scale_embeddings: multiply the embeddings by sqrt(d_model) (§3.4; GPT does not).
+    max_length: the longest sequence the model accepts (and the size of the positional table).
     positional_encoding: "sinusoidal" (§3.5, the paper's) or "learned".
     norm_order: "post" (`LayerNorm(x + Dropout(Sublayer(x)))`, the paper's) or "pre".
     attention_impl: "einsum" (a plain reference), a fused kernel ("xla", "cudnn", "pallas_gpu",
@@ -68,16 +93,19 @@ class TransformerConfig:
     decode: autoregressive mode: the decoder takes one token per call and keeps a cache.
   """
 
+  architecture: str = "encoder_decoder"
   vocab_size: int = 32000
   d_model: int = 512
   d_ff: int = 2048
   num_heads: int = 8
   num_encoder_layers: int = 6
   num_decoder_layers: int = 6
+  activation: str = "relu"
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0
   share_embeddings: bool = True
-  max_len: int = 256
+  scale_embeddings: bool = True
+  max_length: int = 256
   positional_encoding: str = "sinusoidal"
   norm_order: str = "post"
   attention_impl: str = "einsum"
@@ -101,16 +129,18 @@ class TransformerConfig:
     return self.d_model // self.num_heads
 
   @property
-  def compute_dtype(self):
+  def jnp_dtype(self):
+    """`dtype` as a jax dtype: what the layers compute in."""
     return DTYPES[self.dtype]
 
   @property
-  def params_dtype(self):
+  def jnp_param_dtype(self):
+    """`param_dtype` as a jax dtype: what the parameters are stored in."""
     return DTYPES[self.param_dtype]
 
   def validate(self) -> None:
     """Raises ValueError naming the field, its value and what is allowed."""
-    for name in ("vocab_size", "d_model", "d_ff", "num_heads", "max_len"):
+    for name in ("vocab_size", "d_model", "d_ff", "num_heads", "max_length"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"TransformerConfig.{name}={value!r} must be a positive integer.")
@@ -126,7 +156,13 @@ class TransformerConfig:
       value = getattr(self, name)
       if not 0.0 <= value < 1.0:
         raise ValueError(f"TransformerConfig.{name}={value!r} must be in [0, 1).")
+    if self.architecture == "decoder_only" and self.num_encoder_layers:
+      raise ValueError(
+          f"TransformerConfig.num_encoder_layers={self.num_encoder_layers} with "
+          "architecture='decoder_only': a decoder-only model has no encoder; set it to 0.")
     choices = {
+        "architecture": ARCHITECTURES,
+        "activation": ACTIVATIONS,
         "norm_order": NORM_ORDERS,
         "positional_encoding": POSITIONAL_ENCODINGS,
         "attention_impl": ATTENTION_IMPLEMENTATIONS,
@@ -158,7 +194,7 @@ def big(**overrides: Any) -> TransformerConfig:
 def tiny(**overrides: Any) -> TransformerConfig:
   """A small model that trains on a laptop CPU in minutes (tests, the built-in task)."""
   kwargs = dict(vocab_size=512, d_model=128, d_ff=512, num_heads=4,
-                num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.1, max_len=64)
+                num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.1, max_length=64)
   return TransformerConfig(**{**kwargs, **overrides})
 
 

@@ -21,10 +21,11 @@ hypothesis is forced to end with EOS at its length limit, min(max_lengths[b], ma
 so every returned sequence contains EOS (the paper's limit is input length + 50, §6.1).
 
 Scores (beam search): `sum(log p(y_t | y_<t)) / lp(|y|)`, the log-probability of the whole
-sequence EOS included, divided by GNMT's length penalty lp(n) = ((5 + n) / 6) ** alpha with n the
-number of tokens EOS included (Wu et al., 2016). alpha=0 ranks by log-probability; the paper uses
-beam 4, alpha 0.6. A forced EOS costs its model log-probability (the other tokens are masked after
-the softmax, not renormalised), so the score is the model's probability of what was emitted.
+sequence EOS included, divided by GNMT's length penalty lp(n) = ((5 + n) / 6) ** length_penalty
+with n the number of tokens EOS included (Wu et al., 2016). length_penalty=0 ranks by
+log-probability; the paper uses beam 4, length_penalty 0.6. A forced EOS costs its model
+log-probability (the other tokens are masked after the softmax, not renormalised), so the score
+is the model's probability of what was emitted.
 
 The beam search follows the design of Flax's examples/wmt decode.py (2 * beam candidates per
 step, separate alive and finished sets, the length-penalty bound for stopping early).
@@ -35,8 +36,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
 from transformer.config import BOS_ID, EOS_ID, PAD_ID
 
@@ -46,9 +47,9 @@ TokensToLogits = Callable[[jax.Array, Cache], tuple[jax.Array, Cache]]
 NEG_INF = -jnp.inf
 
 
-def length_penalty(length, alpha: float):
-  """GNMT's length penalty ((5 + length) / 6) ** alpha; `length` counts EOS."""
-  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+def length_normalizer(length, length_penalty: float):
+  """GNMT's length penalty ((5 + length) / 6) ** length_penalty; `length` counts EOS."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** length_penalty
 
 
 def _check_args(cache, batch_size, max_decode_len, beam_size=1):
@@ -150,10 +151,10 @@ def _top(k, scores, *arrays):
 
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int,
-                beam_size: int = 4, alpha: float = 0.6, max_decode_len: int, max_lengths=None,
-                eos_id: int = EOS_ID, bos_id: int = BOS_ID,
+                beam_size: int = 4, length_penalty: float = 0.6, max_decode_len: int,
+                max_lengths=None, eos_id: int = EOS_ID, bos_id: int = BOS_ID,
                 source_only: Callable[[Any], bool] | None = None) -> tuple[jax.Array, jax.Array]:
-  """Beam search with GNMT's length penalty (§6.1: beam 4, alpha 0.6).
+  """Beam search with GNMT's length penalty (§6.1: beam 4, length_penalty 0.6).
 
   Each step extends the `beam_size` alive hypotheses by every token, keeps the 2 * beam_size
   most probable extensions (so that beam_size of them survive even if the rest end), moves those
@@ -171,7 +172,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
     cache: the initial cache with batch B (not B * beam): it is expanded here.
     batch_size: B.
     beam_size: hypotheses kept per example.
-    alpha: length-penalty exponent; 0 ranks by log-probability alone.
+    length_penalty: length-penalty exponent; 0 ranks by log-probability alone.
     max_decode_len: length of the output; a hypothesis reaching it ends with a forced EOS.
     max_lengths: optional int32 [B], a per-example limit (tokens, EOS included).
     eos_id, bos_id: the end token, and the token fed at the first step.
@@ -181,14 +182,15 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
 
   Returns:
     sequences int32 [B, beam, max_decode_len] (no BOS, EOS included, PAD after) and scores
-    float32 [B, beam] = log p(sequence) / ((5 + length) / 6) ** alpha, best first. Slots the
-    search could not fill (fewer possible sequences than beams) are all PAD with score -inf.
+    float32 [B, beam] = log p(sequence) / ((5 + length) / 6) ** length_penalty, best first.
+    Slots the search could not fill (fewer possible sequences than beams) are all PAD with
+    score -inf.
   """
   _check_args(cache, batch_size, max_decode_len, beam_size)
   if beam_size == 1:
     seqs, log_prob, lengths = _greedy(tokens_to_logits, cache, batch_size, max_decode_len,
                                       max_lengths, eos_id, bos_id)
-    return seqs[:, None], (log_prob / length_penalty(lengths, alpha))[:, None]
+    return seqs[:, None], (log_prob / length_normalizer(lengths, length_penalty))[:, None]
 
   B, K, L = batch_size, beam_size, max_decode_len
   limits = _limits(max_lengths, B, L)
@@ -197,7 +199,8 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
     step, _, alive_lp, _, finished_scores, _ = state
     # The best score an alive hypothesis can still reach; lp is monotonic in the length, so its
     # maximum over the reachable lengths [step + 1, limit] is at one of the ends.
-    max_lp = jnp.maximum(length_penalty(step + 1, alpha), length_penalty(limits, alpha))
+    max_lp = jnp.maximum(length_normalizer(step + 1, length_penalty),
+                         length_normalizer(limits, length_penalty))
     best_alive = alive_lp[:, 0] / max_lp  # [B]
     worst_finished = finished_scores[:, -1]  # -inf while fewer than K have finished
     done = (worst_finished >= best_alive) | (alive_lp[:, 0] == NEG_INF)
@@ -224,7 +227,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
     cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent).reshape(B * K), source_only)
 
     # Finished: the K best of the old finished and the ones that ended now.
-    new_scores = jnp.where(ended, top_lp / length_penalty(step + 1, alpha), NEG_INF)
+    new_scores = jnp.where(ended, top_lp / length_normalizer(step + 1, length_penalty), NEG_INF)
     finished_scores, finished_seqs = _top(
         K, jnp.concatenate([finished_scores, new_scores], axis=1),
         jnp.concatenate([finished_seqs, top_seqs], axis=1))

@@ -23,21 +23,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import os
 import time
 from typing import Any
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from jax import lax
 
 from transformer.cli import fail
 from transformer.config import EOS_ID, PRESETS, TransformerConfig
+from transformer.config_files import load_config_file
 from transformer.decoding import beam_search
-from transformer.model import Transformer, init_params
+from transformer.model import Transformer
+from transformer.models import init_params
+from transformer.tasks import get_task
 from transformer.translator import decode_batch
 
 NO_EOS = -1  # an id no token has: decoding never stops before max_decode_len
@@ -75,14 +77,14 @@ def uncached_tokens_to_logits(config: TransformerConfig, params: Any):
   return tokens_to_logits
 
 
-@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha", "max_decode_len",
-                                             "eos_id"))
-def decode_batch_uncached(params, inputs, max_lengths, *, config, beam_size, alpha,
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "length_penalty",
+                                             "max_decode_len", "eos_id"))
+def decode_batch_uncached(params, inputs, max_lengths, *, config, beam_size, length_penalty,
                           max_decode_len, eos_id=EOS_ID):
   """`translator.decode_batch` without the cache (for the benchmark and the tests)."""
   state = uncached_state(config, params, inputs, max_decode_len)
   return beam_search(uncached_tokens_to_logits(config, params), state,
-                     batch_size=inputs.shape[0], beam_size=beam_size, alpha=alpha,
+                     batch_size=inputs.shape[0], beam_size=beam_size, length_penalty=length_penalty,
                      max_decode_len=max_decode_len, max_lengths=max_lengths, eos_id=eos_id)
 
 
@@ -93,12 +95,8 @@ def load_model_config(name: str) -> TransformerConfig:
   path, _, arg = name.partition(":")
   if not os.path.isfile(path):
     raise ValueError(f"--config={name!r} is neither a preset ({', '.join(PRESETS)}) nor a file.")
-  spec = importlib.util.spec_from_file_location("_benchmark_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  run = module.get_config(arg) if arg else module.get_config()
-  from transformer.training.validation import model_config_from  # pylint: disable=g-import-not-at-top
-  return model_config_from(run, run.vocab_size)
+  run = load_config_file(path, arg or None)
+  return get_task(run).model_config(run, run.vocab_size)
 
 
 def _time(fn, repeats: int) -> float:
@@ -114,12 +112,12 @@ def _time(fn, repeats: int) -> float:
 
 
 def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length: int = 32,
-              output_length: int = 64, beam_sizes=(1, 4), alpha: float = 0.6,
+              output_length: int = 64, beam_sizes=(1, 4), length_penalty: float = 0.6,
               repeats: int = 5, uncached: bool = True, seed: int = 0) -> dict:
   """Timings (seconds per batch) and rates; see the module docstring for what is measured."""
-  if max(source_length, output_length) > config.max_len:
+  if max(source_length, output_length) > config.max_length:
     raise ValueError(f"source_length={source_length} and output_length={output_length} must be "
-                     f"<= the model's max_len={config.max_len}.")
+                     f"<= the model's max_length={config.max_length}.")
   config = config.replace(deterministic=True, decode=False)
   params = init_params(config, jax.random.PRNGKey(seed))
   rng = np.random.default_rng(seed)
@@ -131,8 +129,8 @@ def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length:
              "device": f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind}) x1",
              "decoding": {}}
   for beam in beam_sizes:
-    kwargs = dict(config=config, beam_size=beam, alpha=alpha, max_decode_len=output_length,
-                  eos_id=NO_EOS)
+    kwargs = dict(config=config, beam_size=beam, length_penalty=length_penalty,
+                  max_decode_len=output_length, eos_id=NO_EOS)
     row = {}
     seconds = _time(lambda: decode_batch(params, inputs, max_lengths, **kwargs), repeats)
     row["cached_seconds"] = seconds

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer import attention_kernels, compilation_cache, config as model_presets
+from transformer import attention_kernels, compilation_cache
+from transformer import config as model_presets
 from transformer.attention import scaled_dot_product_attention
 from transformer.attention_kernels import AttentionCall, AttentionMask
 from transformer.compile_benchmark import planned_bytes, recipe_step
@@ -197,7 +198,7 @@ def _batch(case: StepCase, vocab_size: int, seed: int = 0) -> dict:
 def measure_step(case: StepCase, *, steps: int, warmup: int) -> dict:
   """Compiles (cold, then from the persistent cache) and times one train step."""
   preset = getattr(model_presets, case.preset)
-  model_config = preset(max_len=max(256, case.length), **dict(case.overrides))
+  model_config = preset(max_length=max(256, case.length), **dict(case.overrides))
   init, step_fn = recipe_step(model_config)
   state = jax.jit(init)(jax.random.PRNGKey(0))
   batch = jax.device_put(_batch(case, model_config.vocab_size))

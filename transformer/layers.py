@@ -3,6 +3,7 @@ residual sub-layer connection that wraps every attention and feed-forward block.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -16,19 +17,25 @@ from transformer.precision import einsum_float32
 Array = jax.Array
 
 
-def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
-  """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(same). [max_len, d_model]."""
-  position = np.arange(max_len, dtype=np.float64)[:, None]
+def sinusoidal_table(max_length: int, d_model: int) -> np.ndarray:
+  """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(same).
+
+  Returns [max_length, d_model] float32."""
+  position = np.arange(max_length, dtype=np.float64)[:, None]
   two_i = np.arange(0, d_model, 2, dtype=np.float64)[None, :]
   angle = position / np.power(10000.0, two_i / d_model)
-  table = np.zeros((max_len, d_model), dtype=np.float64)
+  table = np.zeros((max_length, d_model), dtype=np.float64)
   table[:, 0::2] = np.sin(angle)
   table[:, 1::2] = np.cos(angle[:, : d_model // 2])
   return table.astype(np.float32)
 
 
+ACTIVATION_FUNCTIONS = {"relu": nn.relu, "gelu": functools.partial(nn.gelu, approximate=True)}
+
+
 class FeedForward(nn.Module):
-  """§3.3 eq. (2): FFN(x) = max(0, x W1 + b1) W2 + b2, inner width d_ff."""
+  """§3.3 eq. (2): FFN(x) = max(0, x W1 + b1) W2 + b2, inner width d_ff (GELU instead of
+  max(0, .) with `activation="gelu"`, as GPT)."""
 
   config: TransformerConfig
 
@@ -36,14 +43,15 @@ class FeedForward(nn.Module):
   def __call__(self, x: Array) -> Array:
     cfg = self.config
     dense = lambda features, name: nn.Dense(
-        features, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+        features, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
         kernel_init=nn.initializers.xavier_uniform(), name=name)
-    x = nn.relu(dense(cfg.d_ff, "inner")(x))
+    x = ACTIVATION_FUNCTIONS[cfg.activation](dense(cfg.d_ff, "inner")(x))
     return dense(cfg.d_model, "outer")(x)
 
 
 class Embedding(nn.Module):
-  """§3.4 learned token embeddings, multiplied by sqrt(d_model).
+  """§3.4 learned token embeddings, multiplied by sqrt(d_model) (unless `scale_embeddings` is
+  off, as in GPT).
 
   `attend` is the pre-softmax linear transformation with the same matrix (weight tying).
   """
@@ -54,17 +62,19 @@ class Embedding(nn.Module):
     cfg = self.config
     self.table = self.param(
         "embedding", nn.initializers.normal(stddev=cfg.d_model ** -0.5),
-        (cfg.vocab_size, cfg.d_model), cfg.params_dtype)
+        (cfg.vocab_size, cfg.d_model), cfg.jnp_param_dtype)
 
   def __call__(self, tokens: Array) -> Array:
     cfg = self.config
-    x = jnp.take(self.table, tokens, axis=0).astype(cfg.compute_dtype)
-    return x * jnp.sqrt(jnp.asarray(cfg.d_model, cfg.compute_dtype))
+    x = jnp.take(self.table, tokens, axis=0).astype(cfg.jnp_dtype)
+    if not cfg.scale_embeddings:
+      return x
+    return x * jnp.sqrt(jnp.asarray(cfg.d_model, cfg.jnp_dtype))
 
   def attend(self, x: Array) -> Array:
     """Logits x E^T, accumulated and returned in float32, so a bfloat16 model's softmax over
     the vocabulary sees float32 logits (transformer/precision.py)."""
-    table = self.table.astype(self.config.compute_dtype)
+    table = self.table.astype(self.config.jnp_dtype)
     return einsum_float32("bld,vd->blv", x, table)
 
 
@@ -80,15 +90,15 @@ class PositionalEncoding(nn.Module):
   def __call__(self, x: Array, positions: Array | None = None) -> Array:
     cfg = self.config
     length = x.shape[1]
-    if length > cfg.max_len:
+    if length > cfg.max_length:
       raise ValueError(
-          f"Sequence length {length} exceeds TransformerConfig.max_len={cfg.max_len}; "
-          "truncate the input or build the model with a larger max_len.")
+          f"Sequence length {length} exceeds TransformerConfig.max_length={cfg.max_length}; "
+          "truncate the input or build the model with a larger max_length.")
     if cfg.positional_encoding == "sinusoidal":
-      table = jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model))
+      table = jnp.asarray(sinusoidal_table(cfg.max_length, cfg.d_model))
     else:
       table = self.param("position_embedding", nn.initializers.normal(stddev=0.02),
-                         (cfg.max_len, cfg.d_model), cfg.params_dtype)
+                         (cfg.max_length, cfg.d_model), cfg.jnp_param_dtype)
     if cfg.decode:
       initialized = self.has_variable("cache", "position_index")
       index = self.variable("cache", "position_index", lambda: jnp.array(0, jnp.int32))
@@ -111,8 +121,8 @@ def sublayer_connection(config: TransformerConfig, x: Array, sublayer: Callable[
   "pre": x + Dropout(Sublayer(LayerNorm(x))), with a final LayerNorm after the stack.
   Call from inside a compact module: the LayerNorm becomes a child of that module.
   """
-  norm = nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.compute_dtype,
-                      param_dtype=config.params_dtype, name=f"{name}_norm")
+  norm = nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.jnp_dtype,
+                      param_dtype=config.jnp_param_dtype, name=f"{name}_norm")
   dropout = nn.Dropout(config.dropout_rate)
   if config.norm_order == "pre":
     return x + dropout(sublayer(norm(x)), deterministic=config.deterministic)

@@ -26,16 +26,16 @@ def shift_right(targets: Array, segmentation: Array | None = None) -> Array:
   return shifted
 
 
-def _segments(tokens: Array, segmentation: Array | None) -> Array:
+def segments_of(tokens: Array, segmentation: Array | None) -> Array:
   return (tokens != PAD_ID).astype(jnp.int32) if segmentation is None else segmentation
 
 
-def _final_norm(cfg: TransformerConfig, x: Array) -> Array:
+def final_norm(cfg: TransformerConfig, x: Array) -> Array:
   """Pre-norm stacks end with a LayerNorm; the paper's post-norm stacks already end normalised."""
   if cfg.norm_order != "pre":
     return x
-  return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
-                      param_dtype=cfg.params_dtype, name="final_norm")(x)
+  return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.jnp_dtype,
+                      param_dtype=cfg.jnp_param_dtype, name="final_norm")(x)
 
 
 # jax.checkpoint policies of TransformerConfig.remat_policy (config.REMAT_POLICIES).
@@ -64,7 +64,8 @@ def layer_stack(cfg: TransformerConfig, layer: type[nn.Module], count: int, x: A
   if cfg.decode:
     raise ValueError("Decoding runs unrolled layers: pass the parameters through "
                      "unrolled_params(config, params) with config.replace(scan_layers=False).")
-  scanned = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+  scanned = nn.scan(layer, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast,) * len(args), length=count)
   x, _ = scanned(cfg, scanned=True, name="layers")(x, *args)
   return x
@@ -86,7 +87,11 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """§3.1 Decoder layer: masked self-attention, encoder-decoder attention, feed-forward."""
+  """§3.1 Decoder layer: masked self-attention, encoder-decoder attention, feed-forward.
+
+  A decoder-only model's layers (`architecture="decoder_only"`) have no encoder-decoder
+  attention: masked self-attention and feed-forward only, as GPT's.
+  """
 
   config: TransformerConfig
   scanned: bool = False  # inside nn.scan: return (carry, None)
@@ -96,11 +101,12 @@ class DecoderLayer(nn.Module):
                cross_mask: AttentionMask | Array | None, cache_len: int | None = None) -> Array:
     cfg = self.config
     self_attention = MultiHeadAttention(cfg, name="self_attention")
-    cross_attention = MultiHeadAttention(cfg, is_cross=True, name="cross_attention")
     y = sublayer_connection(cfg, y, lambda h: self_attention(h, h, self_mask, cache_len),
                             "self_attention")
-    y = sublayer_connection(cfg, y, lambda h: cross_attention(h, encoded, cross_mask),
-                            "cross_attention")
+    if cfg.architecture == "encoder_decoder":
+      cross_attention = MultiHeadAttention(cfg, is_cross=True, name="cross_attention")
+      y = sublayer_connection(cfg, y, lambda h: cross_attention(h, encoded, cross_mask),
+                              "cross_attention")
     y = sublayer_connection(cfg, y, FeedForward(cfg, name="feed_forward"), "feed_forward")
     return (y, None) if self.scanned else y
 
@@ -115,12 +121,12 @@ class Encoder(nn.Module):
   def __call__(self, inputs: Array, segmentation: Array | None = None,
                positions: Array | None = None) -> Array:
     cfg = self.config.replace(decode=False)  # The encoder never caches: it runs once per source.
-    segments = _segments(inputs, segmentation)
+    segments = segments_of(inputs, segmentation)
     mask = AttentionMask(segments, segments, packed=segmentation is not None)
     x = PositionalEncoding(cfg, name="positional_encoding")(
         self.embedding(inputs), positions)
     x = layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, x, mask)
-    return _final_norm(cfg, x)
+    return final_norm(cfg, x)
 
 
 class Decoder(nn.Module):
@@ -139,13 +145,13 @@ class Decoder(nn.Module):
       decoder_inputs, self_mask, cross_mask = targets, None, None
       if inputs is not None:  # The call that creates the cache also stores the cross mask.
         query_segments = jnp.ones(targets.shape, jnp.int32)
-        cross_mask = segment_mask(query_segments, _segments(inputs, inputs_segmentation))
+        cross_mask = segment_mask(query_segments, segments_of(inputs, inputs_segmentation))
     else:
       decoder_inputs = shift_right(targets, targets_segmentation)
-      target_segments = _segments(targets, targets_segmentation)
+      target_segments = segments_of(targets, targets_segmentation)
       packed = targets_segmentation is not None
       self_mask = AttentionMask(target_segments, target_segments, causal=True, packed=packed)
-      cross_mask = AttentionMask(target_segments, _segments(inputs, inputs_segmentation),
+      cross_mask = AttentionMask(target_segments, segments_of(inputs, inputs_segmentation),
                                  packed=packed)
     y = PositionalEncoding(cfg, name="positional_encoding")(
         self.embedding(decoder_inputs), targets_positions)
@@ -155,7 +161,7 @@ class Decoder(nn.Module):
     else:
       y = layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y, encoded, self_mask,
                       cross_mask)
-    y = _final_norm(cfg, y)
+    y = final_norm(cfg, y)
     if self.output_embedding is None:
       return self.embedding.attend(y)
     return self.output_embedding.attend(y)
@@ -207,15 +213,27 @@ class Transformer(nn.Module):
                        inputs_segmentation)
 
 
-def init_params(config: TransformerConfig, rng: jax.Array, length: int = 8) -> Any:
-  """Fresh parameters (jit-compiled: `model.init` is otherwise slow to trace)."""
-  dummy = jnp.ones((1, min(length, config.max_len)), jnp.int32)
-  init = jax.jit(lambda r: Transformer(config.replace(deterministic=True)).init(r, dummy, dummy))
-  return init(rng)["params"]
+# Batch keys (docs/architecture.md) -> Transformer.__call__ keyword arguments.
+BATCH_KWARGS = {
+    "inputs_segmentation": "inputs_segmentation",
+    "targets_segmentation": "targets_segmentation",
+    "inputs_position": "inputs_positions",
+    "targets_position": "targets_positions",
+}
 
 
-def count_params(params: Any) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))
+def batch_forward(config: TransformerConfig):
+  """forward(params, batch, rngs=None) -> teacher-forced logits [rows, T, V] of a batch dict
+  {"inputs", "targets"[, "*_segmentation", "*_position"]} (the translation task's, the train
+  step's and the benchmarks' one way to call the model on a batch)."""
+  model = Transformer(config)
+
+  def forward(params, batch: dict, rngs=None):
+    kwargs = {BATCH_KWARGS[k]: v for k, v in batch.items() if k in BATCH_KWARGS}
+    return model.apply({"params": params}, batch["inputs"], batch["targets"], **kwargs,
+                       rngs=rngs)
+
+  return forward
 
 
 def unrolled_params(config: TransformerConfig, params: Any) -> tuple[TransformerConfig, Any]:
@@ -227,6 +245,8 @@ def unrolled_params(config: TransformerConfig, params: Any) -> tuple[Transformer
   params = dict(params)
   for stack, count in (("encoder", config.num_encoder_layers),
                        ("decoder", config.num_decoder_layers)):
+    if stack not in params:  # a decoder-only model has no encoder
+      continue
     tree = dict(params[stack])
     stacked = tree.pop("layers")
     for i in range(count):
@@ -243,9 +263,9 @@ def init_decode_cache(config: TransformerConfig, params: Any, inputs: Array,
   a time) and the encoder-decoder keys, values and source mask (computed here, once). Every
   leaf has the batch as its leading axis except scalar step counters.
   """
-  if max_decode_len > config.max_len:
-    raise ValueError(f"max_decode_len={max_decode_len} exceeds TransformerConfig.max_len="
-                     f"{config.max_len}.")
+  if max_decode_len > config.max_length:
+    raise ValueError(f"max_decode_len={max_decode_len} exceeds TransformerConfig.max_length="
+                     f"{config.max_length}.")
   config, params = unrolled_params(config, params)
   model = Transformer(config.replace(decode=True, deterministic=True))
   encoded = model.apply({"params": params}, inputs, method=Transformer.encode)

@@ -20,9 +20,8 @@ scale):
 
 from __future__ import annotations
 
-import re
-
 import functools
+import re
 
 from sacrebleu.metrics import BLEU, CHRF
 from sacremoses import MosesTokenizer

@@ -4,9 +4,9 @@ Source lines come from --input (or stdin), translations go to --output (or stdou
 output line per input line, in order. Lines are batched by length (transformer/translator.py).
 
   --checkpoint=latest|best|averaged|STEP|DIR   which parameters (default latest)
-  --beam_size=4 --alpha=0.6                     §6.1 (defaults from the run config)
+  --beam_size=4 --length_penalty=0.6                     §6.1 (defaults from the run config)
 
-Bad input: an empty line gives an empty line; a line longer than the model's max_len is
+Bad input: an empty line gives an empty line; a line longer than the model's max_length is
 truncated, with a warning naming the line numbers; bytes that are not UTF-8 are replaced by
 U+FFFD, with a warning naming the lines. A workdir without checkpoint or tokenizer is an error
 that says how to make them. A progress bar is shown on stderr when writing to a file.
@@ -20,9 +20,9 @@ import time
 
 from absl import app, flags, logging
 
-from transformer import compilation_cache, translator as translator_lib
-from transformer.cli import fail
-from transformer.workdir import WorkdirError, line_list
+from transformer import compilation_cache
+from transformer.cli import fail, line_list
+from transformer.workdir import WorkdirError, translator_from_workdir
 
 
 def read_lines(data: bytes) -> tuple[list[str], list[int]]:
@@ -62,7 +62,8 @@ def define_flags() -> None:
   flags.DEFINE_string(
       "checkpoint", "latest", "latest | best | averaged | a step | a checkpoint directory.")
   flags.DEFINE_integer("beam_size", None, "Beam size; 1 = greedy (default: run config, 4).")
-  flags.DEFINE_float("alpha", None, "Length penalty alpha (default: run config, 0.6).")
+  flags.DEFINE_float("length_penalty", None,
+                     "Length penalty length_penalty (default: run config, 0.6).")
   flags.DEFINE_integer("batch_size", 64, "Sentences per batch.")
   flags.DEFINE_integer("max_extra", None,
                                     "Output limit = input length + this (default: run config, 50).")
@@ -96,9 +97,10 @@ def main(argv):
     fail(problem)
   compilation_cache.enable("auto")
   try:
-    translator, info = translator_lib.translator_from_workdir(
-        FLAGS.workdir, FLAGS.checkpoint, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
-        batch_size=FLAGS.batch_size, max_extra=FLAGS.max_extra)
+    translator, info = translator_from_workdir(
+        FLAGS.workdir, FLAGS.checkpoint, beam_size=FLAGS.beam_size,
+        length_penalty=FLAGS.length_penalty, batch_size=FLAGS.batch_size,
+        max_extra=FLAGS.max_extra)
   except (WorkdirError, ValueError) as e:
     fail(e)
 
@@ -111,8 +113,8 @@ def main(argv):
   if invalid:
     logging.warning("%d line(s) are not valid UTF-8; the bad bytes were replaced by U+FFFD: "
                     "line(s) %s.", len(invalid), line_list(invalid))
-  logging.info("Translating %d lines with %s, beam %d, alpha %g.", len(lines), info.describe(),
-               translator.beam_size, translator.alpha)
+  logging.info("Translating %d lines with %s, beam %d, length_penalty %g.", len(lines),
+               info.describe(), translator.beam_size, translator.length_penalty)
 
   bar = None
   if FLAGS.output:

@@ -1,33 +1,33 @@
 """Translating text with a trained model: length-bucketed batches, one compiled search per bucket.
 
 ```python
-translator = Translator(model_config, params, tokenizer, beam_size=4, alpha=0.6)
+translator = Translator(model_config, params, tokenizer, beam_size=4, length_penalty=0.6)
 translator.translate(["Ein Haus.", "", "Zwei Hunde spielen."])    # -> 3 strings, in order
 translator.translate_detailed(lines)         # -> [Translation(text, candidates, scores, ...)]
 
-translator = translator_from_workdir("runs/x", checkpoint="averaged")   # latest | best | averaged
+translator, info = workdir.translator_from_workdir("runs/x", checkpoint="averaged")
 ```
 
-How a list of sentences is translated (§6.1 settings by default: beam 4, alpha 0.6, output at
-most input length + 50 tokens):
+How a list of sentences is translated (§6.1 settings by default: beam 4, length_penalty 0.6,
+output at most input length + 50 tokens):
 
   1. Each line is encoded (SentencePiece, then EOS). Empty lines are not decoded: they give "".
-     Lines longer than the model's `max_len` are cut to `max_len - 1` tokens + EOS, with a
+     Lines longer than the model's `max_length` are cut to `max_length - 1` tokens + EOS, with a
      warning naming the line numbers.
   2. Lines are sorted by length and put into length buckets (8, 16, 32, 64, ... up to
-     `max_len`); a bucket is cut into batches of `batch_size` rows, padded to the bucket length.
+     `max_length`); a bucket is cut into batches of `batch_size` rows, padded to the bucket length.
      A last, partial batch is padded to the next power of two rows with EOS-only rows (limit 1
-     token, so they end at the first step). Each (bucket, rows, beam, alpha) is one XLA program,
-     so a file compiles a handful of programs, not one per batch shape.
+     token, so they end at the first step). Each (bucket, rows, beam, length_penalty) is one XLA
+     program, so a file compiles a handful of programs, not one per batch shape.
   3. One jit-compiled function per program: `init_decode_cache` (the encoder runs once and the
      cross-attention keys and values are cached) then `beam_search` (`beam_size=1` is greedy
      search) inside a `lax.while_loop`, with the per-sentence limit `max_lengths = source
      tokens (EOS included) + max_extra` and the bucket's output length `min(bucket + max_extra,
-     max_len)`.
+     max_length)`.
   4. The outputs are decoded and put back in input order.
 
-`translator_from_workdir` builds a Translator from a training workdir: the tokenizer and the
-checkpoint that transformer/workdir.py reads (`checkpoint`: latest | best | averaged | <step> |
+`transformer.workdir.translator_from_workdir` builds a Translator from a training workdir: the
+tokenizer and the checkpoint it reads (`checkpoint`: latest | best | averaged | <step> |
 a directory).
 """
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -43,18 +42,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from transformer.cli import line_list
 from transformer.config import EOS_ID, PAD_ID, TransformerConfig
 from transformer.decoding import beam_search
 from transformer.model import decode_step, init_decode_cache, is_source_cache
-from transformer.workdir import (TOKENIZER_FILENAME, CheckpointInfo, WorkdirError, line_list,
-                                 load_params, load_run_config, load_tokenizer)
 
 BUCKET_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-def length_buckets(max_len: int) -> list[int]:
-  """Bucket lengths: the ladder 8, 16, 32, ... below `max_len`, then `max_len`."""
-  return [b for b in BUCKET_LADDER if b < max_len] + [max_len]
+def length_buckets(max_length: int) -> list[int]:
+  """Bucket lengths: the ladder 8, 16, 32, ... below `max_length`, then `max_length`."""
+  return [b for b in BUCKET_LADDER if b < max_length] + [max_length]
 
 
 def _rows_for(count: int, batch_size: int) -> int:
@@ -64,15 +62,15 @@ def _rows_for(count: int, batch_size: int) -> int:
   return min(batch_size, 1 << max(0, (count - 1).bit_length()))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "beam_size", "alpha", "max_decode_len",
-                                             "eos_id"))
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "length_penalty",
+                                             "max_decode_len", "eos_id"))
 def decode_batch(params: Any, inputs: jax.Array, max_lengths: jax.Array, *,
-                 config: TransformerConfig, beam_size: int, alpha: float,
+                 config: TransformerConfig, beam_size: int, length_penalty: float,
                  max_decode_len: int, eos_id: int = EOS_ID) -> tuple[jax.Array, jax.Array]:
   """Encodes `inputs` int32 [B, S] once and searches: (sequences [B, beam, L], scores [B, beam]).
 
-  Compiled once per (shapes, config, beam_size, alpha, max_decode_len). Sequences carry no BOS,
-  end with EOS and are PAD after it; scores are log p / GNMT length penalty, best first.
+  Compiled once per (shapes, config, beam_size, length_penalty, max_decode_len). Sequences carry
+  no BOS, end with EOS and are PAD after it; scores are log p / GNMT length penalty, best first.
   """
   cache = init_decode_cache(config, params, inputs, max_decode_len)
 
@@ -80,8 +78,8 @@ def decode_batch(params: Any, inputs: jax.Array, max_lengths: jax.Array, *,
     return decode_step(config, params, cache, tokens)
 
   return beam_search(tokens_to_logits, cache, batch_size=inputs.shape[0], beam_size=beam_size,
-                     alpha=alpha, max_decode_len=max_decode_len, max_lengths=max_lengths,
-                     eos_id=eos_id, source_only=is_source_cache)
+                     length_penalty=length_penalty, max_decode_len=max_decode_len,
+                     max_lengths=max_lengths, eos_id=eos_id, source_only=is_source_cache)
 
 
 @dataclasses.dataclass
@@ -91,10 +89,10 @@ class Translation:
   text: the best translation ("" for an empty line).
   candidates: the beam's hypotheses, best first (only the one for greedy search; none for an
     empty line); slots the search could not fill are left out.
-  scores: their scores, log p(y | x) / ((5 + |y|) / 6) ** alpha (docs/decoding.md).
+  scores: their scores, log p(y | x) / ((5 + |y|) / 6) ** length_penalty (docs/decoding.md).
   tokens: the best hypothesis's token ids, EOS excluded.
   source_tokens: source tokens fed to the model, EOS included (0 for an empty line).
-  truncated: the source was longer than the model's max_len and was cut.
+  truncated: the source was longer than the model's max_length and was cut.
   """
   text: str
   candidates: list[str]
@@ -112,14 +110,14 @@ class Translator:
     params: its parameters (the `params` collection).
     tokenizer: anything with `encode(text) -> ids` (no BOS/EOS) and `decode(ids) -> text`.
     beam_size: 1 is greedy search; the paper uses 4.
-    alpha: GNMT length-penalty exponent (0.6 in the paper).
-    max_extra: output limit = source tokens + max_extra (50 in the paper), at most max_len.
+    length_penalty: GNMT length-penalty exponent (0.6 in the paper).
+    max_extra: output limit = source tokens + max_extra (50 in the paper), at most max_length.
     batch_size: sentences per batch (each is beam_size rows of the search).
-    buckets: source bucket lengths; default 8, 16, 32, ... up to max_len.
+    buckets: source bucket lengths; default 8, 16, 32, ... up to max_length.
   """
 
   def __init__(self, config: TransformerConfig, params: Any, tokenizer, *, beam_size: int = 4,
-               alpha: float = 0.6, max_extra: int = 50, batch_size: int = 64,
+               length_penalty: float = 0.6, max_extra: int = 50, batch_size: int = 64,
                buckets: Sequence[int] | None = None):
     for name, value in (("beam_size", beam_size), ("batch_size", batch_size)):
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -129,14 +127,14 @@ class Translator:
     self.config = config.replace(decode=False, deterministic=True)
     self.params = _to_local(params)
     self.tokenizer = tokenizer
-    self.beam_size, self.alpha = beam_size, float(alpha)
+    self.beam_size, self.length_penalty = beam_size, float(length_penalty)
     self.max_extra, self.batch_size = max_extra, batch_size
-    buckets = sorted({min(int(b), config.max_len) for b in (buckets or length_buckets(
-        config.max_len))})
+    buckets = sorted({min(int(b), config.max_length) for b in (buckets or length_buckets(
+        config.max_length))})
     if buckets[0] < 1:
       raise ValueError(f"buckets={buckets} must be positive lengths.")
-    if buckets[-1] < config.max_len:
-      buckets.append(config.max_len)
+    if buckets[-1] < config.max_length:
+      buckets.append(config.max_length)
     self.buckets = buckets
 
   # --- Encoding -------------------------------------------------------------------------------
@@ -144,7 +142,7 @@ class Translator:
   def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
     """Source ids per line (EOS-terminated, [] for an empty line) and the truncated lines'
     0-based indices."""
-    limit = self.config.max_len - 1  # room for EOS
+    limit = self.config.max_length - 1  # room for EOS
     encoded, truncated = [], []
     for i, text in enumerate(texts):
       if not isinstance(text, str):
@@ -159,22 +157,22 @@ class Translator:
       encoded.append(ids + [EOS_ID])
     if truncated:
       logging.warning(
-          "%d line(s) longer than the model's maximum of %d tokens (max_len %d, EOS included) "
-          "were truncated: line(s) %s.", len(truncated), limit, self.config.max_len,
+          "%d line(s) longer than the model's maximum of %d tokens (max_length %d, EOS included) "
+          "were truncated: line(s) %s.", len(truncated), limit, self.config.max_length,
           line_list([i + 1 for i in truncated]))
     return encoded, truncated
 
   # --- Translating ----------------------------------------------------------------------------
 
   def translate(self, texts: Sequence[str], *, beam_size: int | None = None,
-                alpha: float | None = None,
+                length_penalty: float | None = None,
                 progress: Callable[[int], Any] | None = None) -> list[str]:
     """One translation per line, in input order ("" for an empty line)."""
-    return [t.text for t in self.translate_detailed(texts, beam_size=beam_size, alpha=alpha,
-                                                    progress=progress)]
+    return [t.text for t in self.translate_detailed(
+        texts, beam_size=beam_size, length_penalty=length_penalty, progress=progress)]
 
   def translate_detailed(self, texts: Sequence[str], *, beam_size: int | None = None,
-                         alpha: float | None = None,
+                         length_penalty: float | None = None,
                          progress: Callable[[int], Any] | None = None) -> list[Translation]:
     """`Translation`s (best text, beam candidates and scores), in input order.
 
@@ -185,7 +183,8 @@ class Translator:
       raise TypeError("texts must be a list of strings, not one string.")
     texts = list(texts)
     encoded, truncated = self.encode(texts)
-    results = self.translate_ids(encoded, beam_size=beam_size, alpha=alpha, progress=progress)
+    results = self.translate_ids(encoded, beam_size=beam_size, length_penalty=length_penalty,
+                                 progress=progress)
     out, cut = [], set(truncated)
     for i, (ids, (seqs, scores)) in enumerate(zip(encoded, results)):
       candidates = [self.tokenizer.decode(s) for s in seqs]
@@ -195,19 +194,21 @@ class Translator:
     return out
 
   def translate_ids(self, encoded: Sequence[Sequence[int]], *, beam_size: int | None = None,
-                    alpha: float | None = None, progress: Callable[[int], Any] | None = None
+                    length_penalty: float | None = None,
+                    progress: Callable[[int], Any] | None = None
                     ) -> list[tuple[list[list[int]], list[float]]]:
-    """Per source (EOS-terminated ids, at most max_len; [] = empty): (hypotheses, scores), best
+    """Per source (EOS-terminated ids, at most max_length; [] = empty): (hypotheses, scores), best
     first, each hypothesis the output ids without EOS. Empty sources give ([], [])."""
     beam_size = self.beam_size if beam_size is None else beam_size
-    alpha = self.alpha if alpha is None else float(alpha)
+    length_penalty = self.length_penalty if length_penalty is None else float(length_penalty)
     if not isinstance(beam_size, int) or beam_size < 1:
       raise ValueError(f"beam_size={beam_size!r} must be a positive integer.")
     lengths = np.array([len(ids) for ids in encoded], np.int64)
-    if lengths.size and lengths.max() > self.config.max_len:
-      bad = np.nonzero(lengths > self.config.max_len)[0]
+    if lengths.size and lengths.max() > self.config.max_length:
+      bad = np.nonzero(lengths > self.config.max_length)[0]
       raise ValueError(f"sources {line_list([int(i) for i in bad])} (0-based) are longer than "
-                       f"max_len={self.config.max_len}; truncate them (Translator.encode does).")
+                       f"max_length={self.config.max_length}; truncate them (Translator.encode "
+                       "does).")
     results: list[tuple[list[list[int]], list[float]]] = [([], [])] * len(encoded)
     if progress is not None and np.sum(lengths == 0):
       progress(int(np.sum(lengths == 0)))
@@ -216,7 +217,7 @@ class Translator:
       for start in range(0, len(members), self.batch_size):
         batch = members[start:start + self.batch_size]
         for i, hyps in zip(batch, self._search(bucket, [encoded[i] for i in batch], beam_size,
-                                               alpha)):
+                                               length_penalty)):
           results[i] = hyps
         if progress is not None:
           progress(len(batch))
@@ -230,7 +231,8 @@ class Translator:
       groups.setdefault(bucket, []).append(i)
     return sorted(groups.items(), reverse=True)
 
-  def _search(self, bucket: int, sources: list[Sequence[int]], beam_size: int, alpha: float):
+  def _search(self, bucket: int, sources: list[Sequence[int]], beam_size: int,
+              length_penalty: float):
     rows = _rows_for(len(sources), self.batch_size)
     inputs = np.full((rows, bucket), PAD_ID, np.int32)
     inputs[:, 0] = EOS_ID  # filler rows: an empty source, limit 1 -> they end at once
@@ -239,9 +241,10 @@ class Translator:
       inputs[r, :] = PAD_ID
       inputs[r, :len(ids)] = ids
       max_lengths[r] = len(ids) + self.max_extra
-    max_decode_len = min(bucket + self.max_extra, self.config.max_len)
+    max_decode_len = min(bucket + self.max_extra, self.config.max_length)
     seqs, scores = decode_batch(self.params, inputs, max_lengths, config=self.config,
-                                beam_size=beam_size, alpha=alpha, max_decode_len=max_decode_len)
+                                beam_size=beam_size, length_penalty=length_penalty,
+                                max_decode_len=max_decode_len)
     seqs, scores = jax.device_get((seqs, scores))
     out = []
     for r in range(len(sources)):
@@ -263,24 +266,3 @@ def _to_local(params: Any) -> Any:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), params)
   return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
-
-
-def translator_from_workdir(workdir: str, checkpoint: str | int = "latest", **kwargs
-                            ) -> tuple[Translator, CheckpointInfo]:
-  """A Translator for WORKDIR's tokenizer and chosen checkpoint; kwargs go to Translator
-  (beam_size, alpha, max_extra, batch_size; defaults from the run config when recorded)."""
-  tokenizer = load_tokenizer(workdir)
-  params, config, info = load_params(workdir, checkpoint)
-  if tokenizer.vocab_size != config.vocab_size:
-    raise WorkdirError(f"{os.path.join(workdir, TOKENIZER_FILENAME)} has {tokenizer.vocab_size} "
-                       f"pieces but the checkpoint's model has vocab_size={config.vocab_size}: "
-                       "they are not from the same run.")
-  run = load_run_config(workdir)
-  if run is not None:
-    defaults = {"beam_size": run.get("beam_size"), "alpha": run.get("length_penalty"),
-                "max_extra": run.get("max_decode_extra")}
-    for key, value in defaults.items():
-      if kwargs.get(key) is None and value is not None:
-        kwargs[key] = value
-  kwargs = {k: v for k, v in kwargs.items() if v is not None}
-  return Translator(config, params, tokenizer, **kwargs), info

@@ -21,30 +21,30 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Sequence
+from typing import Any
 
-import jax
-import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
 from absl import logging
 
-from transformer import checkpoint_integrity
-from transformer.config import VALUES_BEFORE_FIELDS_EXISTED, TransformerConfig
-from transformer.model import Transformer
+from transformer import checkpoint_integrity, models
+from transformer.cli import line_list
+from transformer.config import TransformerConfig, upgrade_record
+from transformer.data.tokenizer import (
+  CHARACTERS_FILENAME,
+  TOKENIZER_FILENAME,
+  load_workdir_tokenizer,
+)
+from transformer.training.checkpointing import quiet_orbax_logs
+from transformer.translator import Translator
 
 CHECKPOINT_CHOICES = ("latest", "best", "averaged")
-TOKENIZER_FILENAME = "tokenizer.model"  # as transformer/data/tokenizer.py writes it
 AVERAGED_DIRNAME = "averaged"
 VALIDATION_SPLIT = "eval"  # the split name the trainer writes validation metrics under
 
 
 class WorkdirError(FileNotFoundError):
   """Something a command needs is not in the workdir; the message says what and how to make it."""
-
-
-def line_list(numbers: Sequence[int], limit: int = 20) -> str:
-  """"3, 7, 12" (1-based line numbers), "... and N more" past `limit`."""
-  shown = ", ".join(str(n) for n in numbers[:limit])
-  return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
 
 
 @dataclasses.dataclass
@@ -69,20 +69,19 @@ def _train_hint(workdir: str) -> str:
 
 def quiet_orbax() -> None:
   """Orbax logs several INFO lines per restore; keep its warnings."""
-  from transformer.training.checkpointing import quiet_orbax_logs  # pylint: disable=g-import-not-at-top
   quiet_orbax_logs()
 
 
 def load_tokenizer(workdir: str):
-  """WORKDIR/tokenizer.model (never trains one: a new vocabulary would not fit the model)."""
-  path = os.path.join(workdir, TOKENIZER_FILENAME)
-  if not os.path.exists(path):
+  """WORKDIR/tokenizer.model (SentencePiece) or WORKDIR/characters.json (a character
+  vocabulary); never trains one: a new vocabulary would not fit the model."""
+  tokenizer = load_workdir_tokenizer(workdir)
+  if tokenizer is None:
     raise WorkdirError(
-        f"No tokenizer in {os.path.abspath(workdir)}: {TOKENIZER_FILENAME} is missing. The "
-        f"trainer writes it before the first step; train a model with {_train_hint(workdir)}, "
-        "or pass --workdir of a trained run.")
-  from transformer.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  return Tokenizer.load(path)
+        f"No tokenizer in {os.path.abspath(workdir)}: {TOKENIZER_FILENAME} (or "
+        f"{CHARACTERS_FILENAME}) is missing. The trainer writes it before the first step; train "
+        f"a model with {_train_hint(workdir)}, or pass --workdir of a trained run.")
+  return tokenizer
 
 
 def load_run_config(workdir: str):
@@ -90,7 +89,6 @@ def load_run_config(workdir: str):
   record = _read_config_json(workdir)
   if record is None or "config" not in record:
     return None
-  import ml_collections  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict(record["config"])
 
 
@@ -103,9 +101,9 @@ def _read_config_json(workdir: str) -> dict | None:
 
 
 def model_config_from_json(record: dict) -> TransformerConfig:
+  """The TransformerConfig of a saved record (older field names and missing fields upgraded)."""
   fields = {f.name for f in dataclasses.fields(TransformerConfig)}
-  values = {k: v for k, v in record.items() if k in fields}
-  return TransformerConfig(**{**VALUES_BEFORE_FIELDS_EXISTED, **values})
+  return TransformerConfig(**{k: v for k, v in upgrade_record(record).items() if k in fields})
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -113,7 +111,6 @@ def checkpoint_steps(workdir: str) -> list[int]:
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return []
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   quiet_orbax()
   manager = ocp.CheckpointManager(os.path.abspath(directory))
   try:
@@ -214,7 +211,6 @@ def find_checkpoint(workdir: str, checkpoint: str | int = "latest") -> Checkpoin
 
 
 def _read_averaging(path: str) -> dict:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.join(path, "averaging")):
     return {}
   quiet_orbax()
@@ -226,7 +222,6 @@ def _read_averaging(path: str) -> dict:
 def load_model_config(workdir: str, info: CheckpointInfo | None = None) -> TransformerConfig:
   """The TransformerConfig of a checkpoint: its `model` item, else WORKDIR/config.json."""
   if info is not None and os.path.isdir(os.path.join(info.path, "model")):
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     quiet_orbax()
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     record = checkpointer.restore(info.path, args=ocp.args.Composite(
@@ -240,22 +235,11 @@ def load_model_config(workdir: str, info: CheckpointInfo | None = None) -> Trans
   return model_config_from_json(record["model"])
 
 
-def abstract_params(config: TransformerConfig, sharding=None) -> Any:
-  """ShapeDtypeStructs of the model's parameters (no computation), on one device by default."""
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  dummy = jax.ShapeDtypeStruct((1, min(8, config.max_len)), jnp.int32)
-  model = Transformer(config.replace(deterministic=True))
-  shapes = jax.eval_shape(lambda r, x: model.init(r, x, x)["params"], jax.random.PRNGKey(0),
-                          dummy)
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
-
-
 def restore_params(info: CheckpointInfo, config: TransformerConfig, sharding=None) -> Any:
   """Reads only the parameters of a checkpoint (a trainer step's `state.params`, or an averaged
   checkpoint's `params`) onto one device (or `sharding`)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   quiet_orbax()
-  target = abstract_params(config, sharding)
+  target = models.abstract_params(config, sharding)
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   if info.kind == "averaged":
     return checkpointer.restore(info.path, args=ocp.args.Composite(
@@ -306,5 +290,32 @@ def load_params(workdir: str, checkpoint: str | int = "latest"
                       candidate.step, line_list(failures))
     logging.info("Loaded parameters: %s", candidate.describe())
     return params, config, candidate
-  raise WorkdirError(f"No readable checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}: "
-                     f"step(s) {line_list(failures)} cannot be read (see the warnings above).")
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  raise WorkdirError(f"No readable checkpoint in {directory}: step(s) {line_list(failures)} "
+                     "cannot be read (see the warnings above).")
+
+
+def translator_from_workdir(workdir: str, checkpoint: str | int = "latest", **kwargs
+                            ) -> tuple[Translator, CheckpointInfo]:
+  """A Translator for WORKDIR's tokenizer and chosen checkpoint; kwargs go to Translator
+  (beam_size, length_penalty, max_extra, batch_size; defaults from the run config when
+  recorded)."""
+  tokenizer = load_tokenizer(workdir)
+  params, config, info = load_params(workdir, checkpoint)
+  if config.architecture != "encoder_decoder":
+    raise WorkdirError(f"{os.path.abspath(workdir)} holds a {config.architecture} model (a "
+                       "language model), which does not translate; sample from it with "
+                       f"`python -m transformer.sample --workdir={workdir}`.")
+  if tokenizer.vocab_size != config.vocab_size:
+    raise WorkdirError(f"The tokenizer in {workdir} has {tokenizer.vocab_size} pieces but the "
+                       f"checkpoint's model has vocab_size={config.vocab_size}: they are not from "
+                       "the same run.")
+  run = load_run_config(workdir)
+  if run is not None:
+    defaults = {"beam_size": run.get("beam_size"), "length_penalty": run.get("length_penalty"),
+                "max_extra": run.get("max_decode_extra")}
+    for key, value in defaults.items():
+      if kwargs.get(key) is None and value is not None:
+        kwargs[key] = value
+  kwargs = {k: v for k, v in kwargs.items() if v is not None}
+  return Translator(config, params, tokenizer, **kwargs), info

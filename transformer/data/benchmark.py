@@ -16,9 +16,7 @@ import os
 import tempfile
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer.cli import fail

@@ -77,7 +77,8 @@ def _draw_numbers(max_number: int, num_train: int, num_validation: int, num_test
     total = sum(len(p) for p in pools)
     if count > total:
       raise ValueError(f"Only {total} numbers are held out for this split with "
-                       f"config.numbers.max_number={max_number}; ask for fewer or raise max_number.")
+                       f"config.numbers.max_number={max_number}; ask for fewer or raise "
+                       "max_number.")
     # Water-filling: as even as possible over digit counts, within each pool's size.
     take = [0] * len(pools)
     left = count

@@ -22,8 +22,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from transformer.data import batching
-from transformer.data import sources
+from transformer.data import batching, sources
 from transformer.data import tokenizer as tokenizer_lib
 from transformer.data.batching import BATCHINGS
 from transformer.data.sources import DataError, load_pairs  # noqa: F401 (re-exported)

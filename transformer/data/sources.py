@@ -93,7 +93,7 @@ def _read_lines(path: str) -> list[str]:
   lines = text.split("\n")
   if lines and lines[-1] == "":
     lines.pop()
-  return [l[:-1] if l.endswith("\r") else l for l in lines]
+  return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _find_split_files(data_dir: str, split: str, src: str, tgt: str):
@@ -143,8 +143,8 @@ def _text_source(config, split: str) -> PairSource:
       if not line.strip():
         pairs.append(("", ""))
         continue
-      raise DataError(f"{a}, line {i + first_line}: expected two tab-separated columns (source, target), "
-                      f"found {len(fields)}.")
+      raise DataError(f"{a}, line {i + first_line}: expected two tab-separated columns "
+                      f"(source, target), found {len(fields)}.")
     pairs.append((fields[cols[0]], fields[cols[1]]))
   return ListSource(pairs, name=a)
 
@@ -155,6 +155,7 @@ def _text_source(config, split: str) -> PairSource:
 
 def _import_tfds():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   # Without TensorFlow the older dataset modules (wmt*) register only when imported.
   import tensorflow_datasets.translate  # pylint: disable=g-import-not-at-top,unused-import
   return tfds

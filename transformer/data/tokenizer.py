@@ -5,11 +5,17 @@ The model is trained on a sample of the training split, source and target text t
 WORKDIR/tokenizer.model and reused on resume and by translation. Sampling keeps training the
 tokenizer on WMT-sized text to minutes. `Tokenizer.encode` adds neither BOS nor EOS; the batching
 code appends EOS.
+
+`CharacterTokenizer` is the language model's alternative (nanoGPT's shakespeare_char): the same
+four special ids first, then one id per distinct character of the training text, saved as
+WORKDIR/characters.json. `load_workdir_tokenizer(workdir)` reads whichever of the two a workdir
+holds.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 import uuid
@@ -22,6 +28,7 @@ from absl import logging
 from transformer.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 TOKENIZER_FILENAME = "tokenizer.model"
+CHARACTERS_FILENAME = "characters.json"
 MODEL_TYPES = ("unigram", "bpe")
 
 
@@ -87,9 +94,8 @@ def train_tokenizer(sentences: Sequence[str], *, vocab_size: int, model_type: st
         character_coverage=0.9999, hard_vocab_limit=False, num_threads=2, minloglevel=2)
   except RuntimeError as e:
     raise ValueError(f"SentencePiece could not train a vocabulary of config.vocab_size="
-                     f"{vocab_size} on {len(sentences)} sentences: {e} (vocab_size must exceed the number of "
-                     f"distinct characters plus 4 special pieces).") \
-        from e
+                     f"{vocab_size} on {len(sentences)} sentences: {e} (vocab_size must exceed "
+                     f"the number of distinct characters plus 4 special pieces).") from e
   tok = Tokenizer(model.getvalue())
   if tok.vocab_size < vocab_size:
     logging.warning("config.vocab_size=%d: SentencePiece found only %d pieces in these %d "
@@ -101,11 +107,126 @@ def train_tokenizer(sentences: Sequence[str], *, vocab_size: int, model_type: st
   return tok
 
 
-def save_tokenizer(tok: Tokenizer, path: str) -> None:
-  """Writes atomically: a temporary name in the same directory, then os.replace."""
+def _write_atomically(path: str, data: bytes) -> None:
+  """A temporary name in the same directory, then os.replace: readers never see half a file."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   with open(tmp, "wb") as f:
-    f.write(tok._sp.serialized_model_proto())  # pylint: disable=protected-access
+    f.write(data)
   os.replace(tmp, path)
+
+
+def save_tokenizer(tok: "Tokenizer | CharacterTokenizer", path: str) -> None:
+  """Writes atomically: a temporary name in the same directory, then os.replace."""
+  if isinstance(tok, CharacterTokenizer):
+    tok.save(path)
+    return
+  _write_atomically(path, tok._sp.serialized_model_proto())  # pylint: disable=protected-access
   tok.path = path
+
+
+# ---------------------------------------------------------------------------------------------
+# Characters: the language model's vocabulary for small corpora (nanoGPT's shakespeare_char).
+
+_SPECIAL_PIECES = {PAD_ID: "<pad>", EOS_ID: "</s>", BOS_ID: "<s>", UNK_ID: "<unk>"}
+_SPECIAL_IDS = {"pad": PAD_ID, "eos": EOS_ID, "bos": BOS_ID, "unk": UNK_ID}
+_NUM_SPECIAL = len(_SPECIAL_PIECES)   # characters start at id 4
+_UNK_TEXT = "\ufffd"                  # what decode writes for UNK (and ids out of range)
+
+
+def _code_points(text: str) -> np.ndarray:
+  """[len(text)] uint32 code points, without a Python loop (lone surrogates kept as they are)."""
+  return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+class CharacterTokenizer:
+  """One id per character: PAD, EOS, BOS, UNK first (transformer/config.py), then the sorted
+  distinct characters of the text it was built from; any other character encodes as UNK.
+  `encode` adds neither BOS nor EOS, and a newline is an ordinary character.
+  """
+
+  def __init__(self, characters: Sequence[str], path: str = ""):
+    characters = list(characters)
+    bad = [c for c in characters if not isinstance(c, str) or len(c) != 1]
+    if bad or len(set(characters)) != len(characters):
+      raise ValueError(f"CharacterTokenizer {path or '(in memory)'}: the characters must be "
+                       f"distinct single characters (got {len(characters)}, bad: {bad[:5]}).")
+    self.characters = sorted(characters)
+    self.path = path
+    self._code_points = _code_points("".join(self.characters))   # sorted, for searchsorted
+    self._pieces = ["", "", "", _UNK_TEXT] + self.characters       # what decode writes per id
+
+  @classmethod
+  def from_text(cls, text: str) -> "CharacterTokenizer":
+    """The vocabulary of `text`: its distinct characters in code-point order."""
+    return cls(sorted(set(text)))
+
+  @property
+  def vocab_size(self) -> int:
+    return _NUM_SPECIAL + len(self.characters)
+
+  def encode_array(self, text: str, chunk: int = 1 << 22) -> np.ndarray:
+    """[len(text)] int32 ids, vectorised: a binary search of each code point in the vocabulary,
+    `chunk` characters at a time (the temporaries take about 17 bytes per character)."""
+    ids = np.full(len(text), UNK_ID, np.int32)
+    if not self.characters:
+      return ids
+    last = len(self._code_points) - 1
+    for start in range(0, len(text), chunk):
+      points = _code_points(text[start:start + chunk])
+      pos = np.searchsorted(self._code_points, points)
+      found = self._code_points[np.minimum(pos, last)] == points
+      ids[start:start + len(points)][found] = pos[found] + _NUM_SPECIAL
+    return ids
+
+  def encode(self, text: str) -> list[int]:
+    return self.encode_array(text).tolist()
+
+  def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+    del num_threads  # the same signature as Tokenizer.encode_batch
+    return [self.encode(t) for t in texts]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """The text of `ids`; PAD, EOS and BOS are skipped, UNK (or an unknown id) is U+FFFD."""
+    pieces, n = self._pieces, len(self._pieces)
+    return "".join(pieces[i] if 0 <= i < n else _UNK_TEXT
+                   for i in np.asarray(ids).reshape(-1).tolist())
+
+  def id_to_piece(self, i: int) -> str:
+    i = int(i)
+    if i in _SPECIAL_PIECES:
+      return _SPECIAL_PIECES[i]
+    if not 0 <= i < self.vocab_size:
+      raise IndexError(f"id {i} is outside the vocabulary of {self.vocab_size}.")
+    return self.characters[i - _NUM_SPECIAL]
+
+  def save(self, path: str) -> None:
+    """JSON {"type", "special_ids", "characters"}, written atomically."""
+    data = {"type": "characters", "special_ids": _SPECIAL_IDS, "characters": self.characters}
+    _write_atomically(path, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
+    self.path = path
+
+  @classmethod
+  def load(cls, path: str) -> "CharacterTokenizer":
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+    if not isinstance(data, dict) or not isinstance(data.get("characters"), list):
+      raise ValueError(f"{path} is not a character vocabulary (JSON with a 'characters' list); "
+                       f"delete it to build a new one.")
+    if data.get("special_ids", _SPECIAL_IDS) != _SPECIAL_IDS:
+      raise ValueError(f"CharacterTokenizer {path} has special ids {data['special_ids']}, the "
+                       f"project needs {_SPECIAL_IDS} (transformer/config.py). Delete it to build "
+                       f"a new one.")
+    return cls(data["characters"], path)
+
+
+def load_workdir_tokenizer(workdir: str) -> "Tokenizer | CharacterTokenizer | None":
+  """WORKDIR/tokenizer.model as a Tokenizer, else WORKDIR/characters.json as a
+  CharacterTokenizer, else None (the caller says what is missing)."""
+  path = os.path.join(workdir, TOKENIZER_FILENAME)
+  if os.path.exists(path):
+    return Tokenizer.load(path)
+  path = os.path.join(workdir, CHARACTERS_FILENAME)
+  if os.path.exists(path):
+    return CharacterTokenizer.load(path)
+  return None

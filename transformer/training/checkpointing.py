@@ -32,11 +32,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from transformer import checkpoint_integrity
-from transformer.config import VALUES_BEFORE_FIELDS_EXISTED
+from transformer.config import upgrade_record
 
 # The TransformerConfig fields that decide which parameters exist and their shapes.
-SHAPE_FIELDS = ("vocab_size", "d_model", "d_ff", "num_heads", "num_encoder_layers",
-                "num_decoder_layers", "share_embeddings", "max_len", "positional_encoding",
+SHAPE_FIELDS = ("architecture", "vocab_size", "d_model", "d_ff", "num_heads", "num_encoder_layers",
+                "num_decoder_layers", "share_embeddings", "max_length", "positional_encoding",
                 "param_dtype", "norm_order", "attention_bias", "scan_layers")
 
 
@@ -105,11 +105,11 @@ def model_config_json(model_config) -> dict:
 
 def check_same_shape(saved: dict, model_config, directory: str, step: int) -> None:
   current = model_config_json(model_config)
-  saved = {**VALUES_BEFORE_FIELDS_EXISTED, **saved}
+  saved = upgrade_record(saved)
   diffs = [f"{name}: checkpoint {saved.get(name)!r}, this config {current.get(name)!r}"
            for name in SHAPE_FIELDS
            if name in saved and saved.get(name) != current.get(name)
-           and not (name == "max_len" and current.get("positional_encoding") == "sinusoidal")]
+           and not (name == "max_length" and current.get("positional_encoding") == "sinusoidal")]
   if diffs:
     raise ModelMismatchError(
         f"Cannot resume from the checkpoint of step {step} in {directory}: it holds a model of "
@@ -207,9 +207,10 @@ class Checkpointer:
       free = "free space unknown"
     self._cleanup_partial_saves()
     intact = [s for s in self.all_steps() if s != step]
+    kept = "steps " + ", ".join(map(str, intact)) if intact else "none were written"
     return CheckpointSaveError(
         f"Saving the checkpoint of step {step} to {self.directory} failed: {reason}; {free}. "
-        f"Earlier checkpoints are intact ({'steps ' + ', '.join(map(str, intact)) if intact else 'none were written'}); "
+        f"Earlier checkpoints are intact ({kept}); "
         "make room (or move the workdir) and run the same command to resume.")
 
   def _cleanup_partial_saves(self) -> None:

@@ -11,6 +11,9 @@ source length S and target length T, d = d_model, V = vocabulary:
                  per source token: cross-attention K,V projections 2 d^2
   output projection, per target token: d V
 
+A decoder-only model (a language model) has no encoder and no cross-attention: its layers are
+the decoder's masked self-attention and feed-forward, over the T positions of `targets`.
+
 (multiply-adds). Attention is counted over the whole padded row, S keys per query in the
 encoder and T in the decoder's self-attention: the causal mask and packing masks do not skip
 work in this implementation, so that is the work done. Training = 3 x forward (the backward
@@ -45,14 +48,16 @@ PEAK_FLOPS = (
 
 
 def forward_flops(*, rows: int, source_len: int, target_len: int, d_model: int, d_ff: int,
-                  num_encoder_layers: int, num_decoder_layers: int, vocab_size: int) -> float:
+                  num_encoder_layers: int, num_decoder_layers: int, vocab_size: int,
+                  cross_attention: bool = True) -> float:
   """Matmul FLOPs of one forward pass over a [rows, S] x [rows, T] batch (see module doc)."""
   d, s, t = d_model, source_len, target_len
   encoder = num_encoder_layers * s * (4 * d * d + 2 * d * d_ff + 2 * s * d)
+  cross = (t * (2 * d * d + 2 * s * d)     # cross-attention queries, output, scores, values
+           + s * (2 * d * d))              # cross-attention keys and values of the source
   decoder = num_decoder_layers * (
       t * (4 * d * d + 2 * t * d)          # masked self-attention
-      + t * (2 * d * d + 2 * s * d)        # cross-attention queries, output, scores, values
-      + s * (2 * d * d)                    # cross-attention keys and values of the source
+      + (cross if cross_attention else 0)
       + t * (2 * d * d_ff))                # feed-forward
   output = t * d * vocab_size
   return 2.0 * rows * (encoder + decoder + output)
@@ -64,13 +69,17 @@ def train_step_flops(model_config, *, rows: int, source_len: int, target_len: in
   fwd = forward_flops(
       rows=rows, source_len=source_len, target_len=target_len, d_model=model_config.d_model,
       d_ff=model_config.d_ff, num_encoder_layers=model_config.num_encoder_layers,
-      num_decoder_layers=model_config.num_decoder_layers, vocab_size=model_config.vocab_size)
+      num_decoder_layers=model_config.num_decoder_layers, vocab_size=model_config.vocab_size,
+      cross_attention=model_config.architecture == "encoder_decoder")
   return 3.0 * fwd * grad_accum_steps
 
 
 def batch_flops(model_config, batch: dict, process_count: int = 1) -> float:
-  """FLOPs of one train step on `batch` (this host's rows; every host's batch has this shape)."""
+  """FLOPs of one train step on `batch` (this host's rows; every host's batch has this shape).
+  A decoder-only model's `inputs` are the targets' context, not a source."""
   rows, source_len = batch["inputs"].shape
+  if model_config.architecture == "decoder_only":
+    source_len = 0
   return train_step_flops(model_config, rows=rows * process_count, source_len=source_len,
                           target_len=batch["targets"].shape[1])
 

@@ -29,24 +29,27 @@ def paper_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> optax
   return schedule
 
 
-def cosine_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `peak`, then cosine decay to 0 at `total_steps`."""
+def cosine_schedule(peak: float, warmup_steps: int, total_steps: int,
+                    final_fraction: float = 0.0) -> optax.Schedule:
+  """Linear warmup from 0 to `peak`, then cosine decay to `final_fraction * peak` at
+  `total_steps` (nanoGPT's recipe decays to a tenth of the peak)."""
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=final_fraction * peak)
 
 
 def create_schedule(name: str, *, learning_rate: float, warmup_steps: int, d_model: int,
-                    total_steps: int) -> optax.Schedule:
+                    total_steps: int, final_fraction: float = 0.0) -> optax.Schedule:
   """The schedule named by `config.schedule`.
 
   "paper": `learning_rate` multiplies the paper's d_model^-0.5 schedule (1.0 = the paper).
-  "cosine", "constant": `learning_rate` is the peak value.
+  "cosine", "constant": `learning_rate` is the peak value; "cosine" ends at
+  `final_fraction * learning_rate`.
   """
   if name == "paper":
     return paper_schedule(d_model, warmup_steps, learning_rate)
   if name == "cosine":
-    return cosine_schedule(learning_rate, warmup_steps, total_steps)
+    return cosine_schedule(learning_rate, warmup_steps, total_steps, final_fraction)
   if name == "constant":
     return optax.constant_schedule(learning_rate)
   raise ValueError(f"schedule={name!r} is unknown; allowed: {', '.join(SCHEDULES)}.")

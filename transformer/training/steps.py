@@ -1,6 +1,8 @@
 """The train state and the pure step functions: `train_step(state, batch) -> (state, metrics)`.
 
-The steps know nothing of meshes: `trainer.py` jit-compiles them with shardings. Dropout keys
+The steps know nothing of meshes (`trainer.py` jit-compiles them with shardings) nor of tasks:
+`forward(params, batch, rngs)` (a task's, tasks/base.py) gives the logits that predict
+`batch["targets"]`, and `batch_metrics(batch)` any extra summable metrics. Dropout keys
 come from `fold_in(key(seed), state.step)`, so a resumed run draws the same masks an
 uninterrupted run would have drawn.
 
@@ -14,23 +16,15 @@ micro-batch more than one of a long micro-batch.)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from transformer.model import Transformer
-from transformer.training.loss import loss_and_metrics
-
-# Batch keys -> Transformer.__call__ keyword arguments.
-MODEL_KWARGS = {
-    "inputs_segmentation": "inputs_segmentation",
-    "targets_segmentation": "targets_segmentation",
-    "inputs_position": "inputs_positions",
-    "targets_position": "targets_positions",
-}
+from transformer import models
+from transformer.loss import loss_and_metrics
 
 
 @flax.struct.dataclass
@@ -44,10 +38,6 @@ class TrainState:
   accum: Any = None
 
 
-def model_inputs(batch: dict) -> dict:
-  return {MODEL_KWARGS[k]: v for k, v in batch.items() if k in MODEL_KWARGS}
-
-
 def _zero_accum(params) -> dict:
   return {"grads": jax.tree.map(jnp.zeros_like, params), "tokens": jnp.zeros((), jnp.float32)}
 
@@ -55,9 +45,7 @@ def _zero_accum(params) -> dict:
 def init_state(model_config, tx: optax.GradientTransformation, rng: jax.Array,
                length: int = 8, grad_accum_steps: int = 1) -> TrainState:
   """Fresh parameters and optimizer state (call under jit, or jax.eval_shape for shapes)."""
-  dummy = jnp.ones((1, min(length, model_config.max_len)), jnp.int32)
-  model = Transformer(model_config.replace(deterministic=True))
-  params = model.init(rng, dummy, dummy)["params"]
+  params = models.init_params(model_config, rng, length)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     accum=_zero_accum(params) if grad_accum_steps > 1 else None)
 
@@ -106,20 +94,19 @@ def convert_state(old: TrainState, tx: optax.GradientTransformation,
   return old.replace(opt_state=take(fresh), accum=accum)
 
 
-def train_step(state: TrainState, batch: dict, *, model_config, tx, label_smoothing: float,
-               dropout_key: jax.Array, grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, forward: Callable, tx,
+               label_smoothing: float, dropout_key: jax.Array, grad_accum_steps: int = 1,
+               batch_metrics: Callable[[dict], dict] | None = None) -> tuple[TrainState, dict]:
   """One batch: forward, §5.4 smoothed loss over non-pad tokens, backward, optimizer update.
 
   With `grad_accum_steps = k > 1` the update happens on every k-th call, from the gradient of
   the mean loss over all tokens of the k batches (see the module docstring).
   """
-  model = Transformer(model_config)
   rng = jax.random.fold_in(dropout_key, state.step)
   accumulate = grad_accum_steps > 1
 
   def loss_fn(params):
-    logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
-                         **model_inputs(batch), rngs={"dropout": rng})  # [rows, T, V]
+    logits = forward(params, batch, rngs={"dropout": rng})  # [rows, T, V]
     loss, metrics = loss_and_metrics(logits, batch["targets"], label_smoothing)
     return (metrics["loss_sum"] if accumulate else loss), metrics
 
@@ -128,7 +115,8 @@ def train_step(state: TrainState, batch: dict, *, model_config, tx, label_smooth
     return optax.apply_updates(state.params, updates), opt_state
 
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  metrics["source_tokens"] = jnp.sum(batch["inputs"] != 0).astype(jnp.float32)
+  if batch_metrics is not None:
+    metrics.update(batch_metrics(batch))
   if not accumulate:
     params, opt_state = apply(grads)
     metrics["grad_norm"] = optax.global_norm(grads)
@@ -152,10 +140,8 @@ def train_step(state: TrainState, batch: dict, *, model_config, tx, label_smooth
                        accum=accum), metrics
 
 
-def eval_step(params, batch: dict, *, model_config, label_smoothing: float) -> dict:
-  """Summable validation metrics of one batch (no dropout)."""
-  model = Transformer(model_config.replace(deterministic=True))
-  logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
-                       **model_inputs(batch))
+def eval_step(params, batch: dict, *, forward: Callable, label_smoothing: float) -> dict:
+  """Summable validation metrics of one batch (`forward` of a deterministic model config)."""
+  logits = forward(params, batch)
   _, metrics = loss_and_metrics(logits, batch["targets"], label_smoothing)
   return metrics

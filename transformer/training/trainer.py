@@ -1,8 +1,10 @@
 """`train_and_evaluate(config, workdir)`: the training loop that `train.py` and notebooks run.
 
-One jit-compiled step over a mesh of every device (sharding.py), Orbax checkpoints with the
-data iterator's position (checkpointing.py), TensorBoard and metrics.jsonl (writers.py),
-validation every `eval_every_steps`, and the final evaluation on the test split.
+Any task (transformer/tasks: translation, language modelling), named by `config.task`: the task
+supplies the data, the model and its logits, extra validation metrics and samples, and the final
+evaluation; this loop supplies one jit-compiled step over a mesh of every device (sharding.py),
+Orbax checkpoints with the data iterator's position (checkpointing.py), TensorBoard and
+metrics.jsonl (writers.py), validation every `eval_every_steps`, and the final evaluation.
 
 Steps count optimizer updates: with `grad_accum_steps = k` every step reads k batches.
 """
@@ -14,7 +16,6 @@ import functools
 import json
 import os
 import time
-from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -24,83 +25,23 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from transformer.data import pipeline, sources
+from transformer.loss import summarize
+from transformer.models import count_params
+from transformer.tasks import Task, TrainingData, get_task
 from transformer.training import sharding
 from transformer.training.checkpointing import Checkpointer, PreemptionWatcher, run_settings
 from transformer.training.flops import batch_flops, peak_flops_per_device, train_step_flops
-from transformer.training.loss import summarize
 from transformer.training.optimizer import learning_rate_at, optimizer_from_config
-from transformer.training.steps import (TrainState, convert_state, eval_step, init_state,
-                                        train_step)
-from transformer.training.validation import model_config_from, validate_config
+from transformer.training.steps import TrainState, convert_state, eval_step, init_state, train_step
+from transformer.training.validation import validate_config
 from transformer.training.workdir_lock import WorkdirLock
 from transformer.training.writers import MetricWriter
 
-SUMMED_METRICS = ("loss_sum", "nll_sum", "correct", "tokens", "source_tokens")
+LOSS_SUMS = ("loss_sum", "nll_sum", "correct", "tokens")  # loss.loss_and_metrics's sums
 # Steps dispatched but not finished at most: the device always has the next step queued, and a
 # SIGTERM or a checkpoint never waits for a long queue (JAX would otherwise let the loop run
 # dozens of steps ahead of a slow device).
 MAX_STEPS_IN_FLIGHT = 2
-
-
-@dataclasses.dataclass
-class TrainingData:
-  """What the loop reads.
-
-  vocab_size: the tokenizer's vocabulary (sets the model's).
-  train_iter: endless iterator of this host's batches (numpy dicts, see docs/architecture.md);
-    a grain DatasetIterator is checkpointed with the model, so resume reads the next batch.
-  eval_batches: this host's validation batches, the same every evaluation.
-  tokenizer: the tokenizer, or None for synthetic data (then no final evaluation).
-  """
-  vocab_size: int
-  train_iter: Iterator[dict]
-  eval_batches: list[dict]
-  tokenizer: Any = None
-
-  @property
-  def checkpointable(self) -> bool:
-    return hasattr(self.train_iter, "get_state") and hasattr(self.train_iter, "set_state")
-
-
-def pipeline_data(config, workdir: str) -> TrainingData:
-  """The data pipeline's tokenizer, training iterator and validation batches for `config`."""
-  # The test split is read after training: a missing one must fail now, not hours later.
-  if config.get("test_split"):
-    sources.open_source(config, config.test_split)
-  tokenizer = pipeline.get_tokenizer(config, workdir)
-  row_multiple = jax.local_device_count()
-  train_iter = pipeline.make_train_iterator(
-      config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
-      row_multiple=row_multiple)
-  eval_batches = []
-  if config.eval_every_steps:
-    eval_batches = list(pipeline.make_eval_batches(
-        config, tokenizer, config.eval_split, num_batches=config.num_eval_batches,
-        row_multiple=row_multiple, process_index=jax.process_index(),
-        process_count=jax.process_count()))
-  return TrainingData(vocab_size=tokenizer.vocab_size, train_iter=train_iter,
-                      eval_batches=eval_batches, tokenizer=tokenizer)
-
-
-def final_evaluation(config, workdir: str, state: TrainState, tokenizer) -> dict:
-  """Sample translations, BLEU and exact match on the test split -> WORKDIR/eval_test.json."""
-  from transformer.evaluate import evaluate_split  # pylint: disable=g-import-not-at-top
-  scores = evaluate_split(config, workdir, "test", params=state.params, tokenizer=tokenizer,
-                          step=int(state.step))
-  if jax.process_index() == 0:
-    print(f"Test ({scores['num_examples']} examples, beam {scores['beam_size']}): "
-          f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, "
-          f"exact match {scores['exact_match']:.1f}%  -> {os.path.join(workdir, 'eval_test.json')}")
-  return scores
-
-
-def validation_translation_scores(config, workdir: str, params, tokenizer, step: int) -> dict:
-  """BLEU and exact match of `eval_bleu_examples` validation sentences (same code as evaluate)."""
-  from transformer.evaluate import evaluate_split  # pylint: disable=g-import-not-at-top
-  scores = evaluate_split(config, workdir, "validation", params=params, tokenizer=tokenizer,
-                          max_examples=config.eval_bleu_examples, write=False, step=step)
-  return {k: scores[k] for k in ("bleu", "chrf", "exact_match")}
 
 
 def write_resolved_config(config, model_config, workdir: str, mesh) -> None:
@@ -115,14 +56,15 @@ def write_resolved_config(config, model_config, workdir: str, mesh) -> None:
     json.dump(record, f, indent=2, sort_keys=True, default=str)
 
 
-def count_params(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
 def startup_summary(config, model_config, abstract_state, mesh, first_batch: dict) -> dict:
   """The numbers logged at the start (and returned for the benchmark)."""
   rows = first_batch["inputs"].shape[0] * jax.process_count()
-  source_len, target_len = first_batch["inputs"].shape[1], first_batch["targets"].shape[1]
+  target_len = first_batch["targets"].shape[1]
+  if model_config.architecture == "decoder_only":
+    source_len, shape = 0, f"{rows} rows x {target_len} positions"
+  else:
+    source_len = first_batch["inputs"].shape[1]
+    shape = f"{rows} rows x ({source_len} source + {target_len} target) positions"
   step_flops = train_step_flops(model_config, rows=rows, source_len=source_len,
                                 target_len=target_len, grad_accum_steps=config.grad_accum_steps)
   peak, peak_text = peak_flops_per_device(jax.devices()[0], model_config.dtype)
@@ -130,7 +72,7 @@ def startup_summary(config, model_config, abstract_state, mesh, first_batch: dic
       "params": count_params(abstract_state.params),
       "devices": sharding.describe(mesh),
       "parallelism": config.parallelism,
-      "batch_shape": f"{rows} rows x ({source_len} source + {target_len} target) positions",
+      "batch_shape": shape,
       "tokens_per_step": rows * (source_len + target_len) * config.grad_accum_steps,
       "flops_per_step": step_flops,
       "peak_flops_per_device": peak,
@@ -224,7 +166,7 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
   Args:
     config: a run config (configs/*.py).
     workdir: checkpoints, config.json, metrics.jsonl, TensorBoard files and eval_test.json.
-    data: the data to train on; default: the data pipeline for `config`.
+    data: the data to train on; default: the task's (`config.task`) data for `config`.
   Returns:
     The final train state (or the state at which a SIGTERM stopped the run).
   Raises:
@@ -237,16 +179,17 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
   if lock is not None:
     lock.acquire()
   try:
-    return _train_and_evaluate(config, workdir, data, mesh)
+    return _train_and_evaluate(config, workdir, data, mesh, get_task(config))
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -> TrainState:
+def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
+                        task: Task) -> TrainState:
   if data is None:
-    data = pipeline_data(config, workdir)
-  model_config = model_config_from(config, data.vocab_size)
+    data = task.data(config, workdir)
+  model_config = task.model_config(config, data.vocab_size)
   write_resolved_config(config, model_config, workdir, mesh)
 
   tx = optimizer_from_config(config, model_config.d_model)
@@ -290,14 +233,15 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
 
   accum = config.grad_accum_steps
   train_fn = jax.jit(
-      functools.partial(train_step, model_config=model_config, tx=tx,
+      functools.partial(train_step, forward=task.forward(model_config), tx=tx,
                         label_smoothing=config.label_smoothing, dropout_key=dropout_key,
-                        grad_accum_steps=accum),
+                        grad_accum_steps=accum, batch_metrics=task.batch_metrics),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)
   eval_fn = jax.jit(
-      functools.partial(eval_step, model_config=model_config, label_smoothing=0.0),
+      functools.partial(eval_step, forward=task.forward(model_config.replace(deterministic=True)),
+                        label_smoothing=0.0),
       in_shardings=(state_shardings.params, sharding.batch_sharding(mesh)),
       out_shardings=sharding.replicated(mesh))
 
@@ -316,6 +260,7 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
   last_saved = start_step
   last_save_time = time.monotonic()
   saved_stop = False
+  last_validation = None
   step = start_step
   try:
     interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
@@ -348,13 +293,15 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
         fetched = buffer.fetch()  # raises FloatingPointError on a NaN/Inf loss
         if log_now and fetched:
           elapsed = time.perf_counter() - interval_start
-          sums = {k: sum(float(m[k]) for _, m in fetched) for k in SUMMED_METRICS}
+          sums = {k: sum(float(m[k]) for _, m in fetched)
+                  for k in LOSS_SUMS + task.summed_metrics}
           train = summarize(sums)
           train["grad_norm"] = float(np.mean([m["grad_norm"] for _, m in fetched])) / accum
           train["learning_rate"] = learning_rate_at(config, model_config.d_model, step - 1)
-          tokens = sums["tokens"] + sums["source_tokens"]
+          tokens = sums["tokens"] + sums.get("source_tokens", 0.0)
           # Real (non-pad) tokens per update on each side, over every device and micro-batch.
-          train["source_tokens_per_update"] = sums["source_tokens"] / len(fetched)
+          if "source_tokens" in sums:
+            train["source_tokens_per_update"] = sums["source_tokens"] / len(fetched)
           train["target_tokens_per_update"] = sums["tokens"] / len(fetched)
           if interval_steps and elapsed > 0:
             # mean tokens per step (non-pad source + target) x steps per second
@@ -380,12 +327,11 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
         evaluation = _evaluate(eval_fn, state.params, data.eval_batches, mesh)
         logging.info("Step %d validation: nll %.4f, accuracy %.4f, perplexity %.3f", step,
                      evaluation["nll"], evaluation["accuracy"], evaluation["perplexity"])
-        if config.get("eval_bleu_examples", 0) and data.tokenizer is not None:
-          evaluation.update(validation_translation_scores(config, workdir, state.params,
-                                                          data.tokenizer, step))
-          logging.info("Step %d validation translations: BLEU %.2f, exact match %.1f%%", step,
-                       evaluation["bleu"], evaluation["exact_match"])
+        if data.tokenizer is not None:
+          evaluation.update(task.on_validation(config, workdir, state.params, model_config,
+                                               data.tokenizer, step))
         writer.write(step, "eval", evaluation)
+        last_validation = evaluation
         interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
       if stop:
         saved_stop = True
@@ -416,10 +362,7 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh) -
     return state
   if data.tokenizer is None:
     return state
-  if not config.test_split:
-    logging.info("config.test_split is empty: no final test evaluation (run "
-                 "python -m transformer.evaluate --workdir=%s --split=NAME for one).", workdir)
-    return state
-  final_evaluation(config, workdir, state, data.tokenizer)
+  task.final_evaluation(config, workdir, state.params, model_config, data.tokenizer,
+                        int(state.step), validation=last_validation)
   return state
 

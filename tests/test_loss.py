@@ -5,7 +5,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from transformer.training.loss import loss_and_metrics, summarize
+from transformer.loss import loss_and_metrics, summarize
 
 
 def hand_loss(logits, target, eps):
