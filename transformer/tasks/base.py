@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator, Protocol
 
+from transformer import models
 from transformer.config import ConfigError, TransformerConfig
 
 # TransformerConfig fields a run config does not set under `model`: the vocabulary comes from
@@ -77,6 +78,9 @@ class Task(Protocol):
   def validate(self, config, *, num_devices: int, process_count: int) -> None:
     """Raises ConfigError for the task's own keys (before any data is read)."""
 
+  def rows_are_fixed(self, config) -> bool:
+    """Whether `batch_size` sets the rows of every batch (checked against the devices)."""
+
   def data(self, config, workdir: str) -> TrainingData:
     """The tokenizer (trained and saved in `workdir` if new), training iterator and
     validation batches."""
@@ -102,3 +106,31 @@ class Task(Protocol):
   def evaluate(self, config, workdir: str, split: str, *, params, model_config, tokenizer,
                step: int | None = None, checkpoint_text: str = "", **options) -> dict:
     """Scores of `split` (the evaluate command's work), written to WORKDIR/eval_<split>.json."""
+
+
+def require_int(config, key: str, minimum: int = 1) -> None:
+  """Raises ConfigError unless config[key] is an integer >= minimum."""
+  value = config[key]
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}.")
+
+
+class TaskBase:
+  """What tasks share: the model from `config.model` and the task's architecture, its
+  `models.batch_forward`, no extra metrics, rows set by `batch_size`."""
+
+  architecture: str
+  summed_metrics: tuple[str, ...] = ()
+
+  def rows_are_fixed(self, config) -> bool:
+    """Whether `batch_size` sets the rows of every batch (else a token budget does)."""
+    return True
+
+  def model_config(self, config, vocab_size: int) -> TransformerConfig:
+    return model_config_from(config, vocab_size, self.architecture)
+
+  def forward(self, model_config: TransformerConfig) -> Forward:
+    return models.batch_forward(model_config)
+
+  def batch_metrics(self, batch: dict) -> dict:
+    return {}

@@ -19,16 +19,9 @@ from absl import logging
 
 from transformer.config import ConfigError, TransformerConfig
 from transformer.data import lm_data
-from transformer.decoder_only import batch_forward
 from transformer.loss import loss_and_metrics, summarize
 from transformer.sampling import sample
-from transformer.tasks.base import TrainingData, model_config_from
-
-
-def _positive_int(config, key, minimum=1):
-  value = config[key]
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}.")
+from transformer.tasks.base import TaskBase, TrainingData, require_int
 
 
 def generate(model_config: TransformerConfig, params, tokenizer, prompt: str, *,
@@ -48,7 +41,7 @@ def generate(model_config: TransformerConfig, params, tokenizer, prompt: str, *,
   return [lm_data.decode_lm(tokenizer, row) for row in tokens]
 
 
-class LanguageModelTask:
+class LanguageModelTask(TaskBase):
   """The trainer's `Task` for language modelling (see tasks/base.py for the interface)."""
 
   name = "language_model"
@@ -64,18 +57,15 @@ class LanguageModelTask:
       raise ConfigError(f"tokenizer={config.tokenizer!r} is unknown; allowed: "
                         f"{', '.join(lm_data.LM_TOKENIZERS)}.")
     if config.tokenizer == "sentencepiece":
-      _positive_int(config, "vocab_size")
+      require_int(config, "vocab_size")
     if not 0.0 < config.validation_fraction < 1.0:
       raise ConfigError(f"validation_fraction={config.validation_fraction!r} must be in (0, 1) "
                         "(nanoGPT validates on the last 0.1 of the text).")
     for key in ("prefetch", "sample_length", "sample_top_k", "num_samples_to_print"):
-      _positive_int(config, key, minimum=0)
+      require_int(config, key, minimum=0)
     if not config.sample_temperature >= 0:
       raise ConfigError(f"sample_temperature={config.sample_temperature!r} must be >= 0 "
                         "(0 = greedy).")
-
-  def rows_are_fixed(self, config) -> bool:
-    return True
 
   def data(self, config, workdir: str) -> TrainingData:
     tokenizer = lm_data.get_lm_tokenizer(config, workdir, process_index=jax.process_index())
@@ -88,15 +78,6 @@ class LanguageModelTask:
                                                   num_batches=config.num_eval_batches, **hosts)
     return TrainingData(vocab_size=tokenizer.vocab_size, train_iter=train_iter,
                         eval_batches=eval_batches, tokenizer=tokenizer)
-
-  def model_config(self, config, vocab_size: int) -> TransformerConfig:
-    return model_config_from(config, vocab_size, self.architecture)
-
-  def forward(self, model_config: TransformerConfig):
-    return batch_forward(model_config)
-
-  def batch_metrics(self, batch: dict) -> dict:
-    return {}
 
   def samples(self, config, params, model_config, tokenizer, step: int) -> list[str]:
     """`num_samples_to_print` samples of `sample_length` tokens after `sample_prompt`, printed."""

@@ -17,13 +17,12 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from transformer.config import PAD_ID, ConfigError, TransformerConfig
+from transformer.config import PAD_ID, ConfigError
 from transformer.data import pipeline, sources
 from transformer.data.batching import BATCHINGS
 from transformer.data.pipeline import TOKEN_BUDGETS
-from transformer.model import batch_forward
 from transformer.scores import score_translations
-from transformer.tasks.base import TrainingData, model_config_from
+from transformer.tasks.base import TaskBase, TrainingData, require_int
 from transformer.translator import Translator
 
 SPLIT_KEYS = {"train": "train_split", "validation": "eval_split", "test": "test_split"}
@@ -33,12 +32,6 @@ def resolve_split(config, split: str) -> str:
   """"test", "validation", "train" -> the run config's split names; other names unchanged."""
   key = SPLIT_KEYS.get(split)
   return str(config.get(key, split)) if key else split
-
-
-def _positive_int(config, key, minimum=1):
-  value = config[key]
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}.")
 
 
 def translate_split(config, workdir: str, split: str, *, params, model_config, tokenizer,
@@ -113,7 +106,7 @@ def translate_split(config, workdir: str, split: str, *, params, model_config, t
   return scores
 
 
-class TranslationTask:
+class TranslationTask(TaskBase):
   """The trainer's `Task` for translation (see tasks/base.py for the interface)."""
 
   name = "translation"
@@ -122,17 +115,17 @@ class TranslationTask:
   summed_metrics = ("source_tokens",)
 
   def validate(self, config, *, num_devices: int, process_count: int) -> None:
-    _positive_int(config, "vocab_size")
-    _positive_int(config, "tokens_per_batch", minimum=0)
+    require_int(config, "vocab_size")
+    require_int(config, "tokens_per_batch", minimum=0)
     if config.get("token_budget", "padded") not in TOKEN_BUDGETS:
       raise ConfigError(f"token_budget={config.token_budget!r} is unknown; allowed: "
                         f"{', '.join(TOKEN_BUDGETS)}.")
     # Checked now, not when the final evaluation reaches them after training.
-    _positive_int(config, "beam_size")
-    _positive_int(config, "max_decode_extra", minimum=0)
-    _positive_int(config, "prefetch", minimum=0)
+    require_int(config, "beam_size")
+    require_int(config, "max_decode_extra", minimum=0)
+    require_int(config, "prefetch", minimum=0)
     if config.batching == "packed":
-      _positive_int(config, "pack_window")
+      require_int(config, "pack_window")
     if not config.length_penalty >= 0:
       raise ConfigError(f"length_penalty={config.length_penalty!r} must be >= 0 (0.6 in §6.1).")
     if config.batching not in BATCHINGS:
@@ -163,12 +156,6 @@ class TranslationTask:
           row_multiple=row_multiple, **hosts))
     return TrainingData(vocab_size=tokenizer.vocab_size, train_iter=train_iter,
                         eval_batches=eval_batches, tokenizer=tokenizer)
-
-  def model_config(self, config, vocab_size: int) -> TransformerConfig:
-    return model_config_from(config, vocab_size, self.architecture)
-
-  def forward(self, model_config: TransformerConfig):
-    return batch_forward(model_config)
 
   def batch_metrics(self, batch: dict) -> dict:
     return {"source_tokens": jnp.sum(batch["inputs"] != PAD_ID).astype(jnp.float32)}

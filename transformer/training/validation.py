@@ -13,6 +13,7 @@ import ml_collections
 from transformer.config import ConfigError
 from transformer.config_files import load_config_file
 from transformer.tasks import get_task
+from transformer.tasks.base import require_int
 from transformer.training.schedules import SCHEDULES
 from transformer.training.sharding import PARALLELISMS
 
@@ -42,12 +43,6 @@ def _unknown_keys(config, reference, prefix="") -> list[str]:
       if isinstance(config[key], ml_collections.ConfigDict):
         unknown += _unknown_keys(config[key], reference[key], prefix + key + ".")
   return unknown
-
-
-def _positive_int(config, key, minimum=1):
-  value = config[key]
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}.")
 
 
 def _check_keys(config, task) -> None:
@@ -83,10 +78,10 @@ def validate_config(config, *, num_devices: int, process_count: int = 1,
   _check_keys(config, task)
   for key in ("num_train_steps", "batch_size", "eval_batch_size", "grad_accum_steps",
               "keep_checkpoints", "log_every_steps", "max_length"):
-    _positive_int(config, key)
+    require_int(config, key)
   for key in ("eval_every_steps", "checkpoint_every_steps", "num_eval_batches", "warmup_steps",
               "seed"):
-    _positive_int(config, key, minimum=0)
+    require_int(config, key, minimum=0)
   minutes = config.get("checkpoint_every_minutes", 0.0)
   if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0:
     raise ConfigError(f"checkpoint_every_minutes={minutes!r} must be a number >= 0 (0 = off).")
