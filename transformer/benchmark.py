@@ -6,8 +6,10 @@
 Batches are synthetic and full (every position a real token) in the config's shape: `batch_size`
 rows of `max_length` for "padded"/"packed" batching, `tokens_per_batch // max_length` rows for
 "tokens" (its largest bucket). Prints compile time, step time and training tokens/s (source +
-target) after `--warmup` steps, MFU where the device's peak FLOP/s is known (the peak is printed;
-the FLOP counting rule is in transformer/training/flops.py), and peak memory per device.
+target; a language model's one sequence) after `--warmup` steps, MFU where the device's peak
+FLOP/s is known (the peak is printed; the FLOP counting rule is in
+transformer/training/flops.py), and peak memory per device. A character-level language model
+needs its vocabulary size given: `--config.vocab_size=69` for tiny Shakespeare.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
 
 def benchmark_rows(config, num_devices: int) -> int:
   """Rows of a full batch in the config's shape, rounded to a multiple of the devices."""
-  rows = config.batch_size if config.batching != "tokens" else (
+  rows = config.batch_size if config.get("batching") != "tokens" else (
       config.tokens_per_batch // config.max_length)
   return max(num_devices, rows // num_devices * num_devices)
 
@@ -78,7 +80,11 @@ def run(config, *, steps: int, warmup: int) -> dict:
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - t0) / steps
 
-  tokens_per_step = rows * 2 * length  # full batches: every source and target position
+  if model_config.architecture == "decoder_only":  # a language model reads one sequence
+    tokens_per_step, shape = rows * length, f"{rows} rows x {length} tokens"
+  else:  # full batches: every source and target position
+    tokens_per_step = rows * 2 * length
+    shape = f"{rows} rows x {length} source + {length} target tokens"
   flops = train_step_flops(model_config, rows=rows, source_len=length, target_len=length)
   peak, peak_text = peak_flops_per_device(jax.devices()[0], model_config.dtype)
   memory = []
@@ -87,7 +93,7 @@ def run(config, *, steps: int, warmup: int) -> dict:
     memory.append(stats.get("peak_bytes_in_use"))
   return {
       "devices": sharding.describe(mesh), "params": count_params(abstract.params),
-      "batch": f"{rows} rows x {length} source + {length} target tokens",
+      "batch": shape,
       "compile_s": compile_s, "step_s": step_s, "tokens_per_s": tokens_per_step / step_s,
       "tokens_per_s_per_device": tokens_per_step / step_s / num_devices,
       "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12,
