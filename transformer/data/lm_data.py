@@ -262,14 +262,16 @@ class WindowBatch(grain.transforms.Map):
 
 
 def make_lm_train_iterator(config, tok: LmTokenizer, *, process_index: int = 0,
-                           process_count: int = 1, row_multiple: int = 1):
+                           process_count: int = 1, row_multiple: int = 1,
+                           split_ids: tuple[np.ndarray, np.ndarray] | None = None):
   """An endless, checkpointable grain DatasetIterator of host-local training batches.
 
   Each batch is {"inputs", "targets"}: int32 [config.batch_size // process_count (a multiple of
   row_multiple), config.max_length]; every row a window of max_length + 1 consecutive train
   tokens, inputs its first max_length and targets its last. The state is the next batch index.
+  `split_ids`: `lm_split_ids(config, tok)` when the caller has it already (else read here).
   """
-  train_ids, _ = lm_split_ids(config, tok)
+  train_ids, _ = split_ids if split_ids is not None else lm_split_ids(config, tok)
   length = int(config.max_length)
   if len(train_ids) < length + 2:
     raise DataError(f"config.max_length={length} needs at least {length + 2} train tokens, the "
@@ -305,8 +307,9 @@ def _eval_windows(ids: np.ndarray, length: int, first: int, count: int) -> dict[
 
 
 def make_lm_eval_batches(config, tok: LmTokenizer, *, num_batches: int = 0,
-                         row_multiple: int = 1, process_index: int = 0,
-                         process_count: int = 1) -> list[dict[str, np.ndarray]]:
+                         row_multiple: int = 1, process_index: int = 0, process_count: int = 1,
+                         split_ids: tuple[np.ndarray, np.ndarray] | None = None
+                         ) -> list[dict[str, np.ndarray]]:
   """The validation text as consecutive windows, each validation token but the first a target
   exactly once: window k is ids[k * L : k * L + L + 1] (L = config.max_length), the last one
   padded with PAD (weight 0 in the loss).
@@ -314,9 +317,10 @@ def make_lm_eval_batches(config, tok: LmTokenizer, *, num_batches: int = 0,
   Each host takes a contiguous shard of the windows, config.eval_batch_size // process_count
   rows per batch (a multiple of row_multiple); all hosts return the same number of batches of
   the same shapes (all-PAD rows fill the gaps; the last batch has only the rows the longest
-  shard needs). `num_batches > 0` keeps only the first that many batches.
+  shard needs). `num_batches > 0` keeps only the first that many batches. `split_ids`: as for
+  make_lm_train_iterator.
   """
-  _, ids = lm_split_ids(config, tok)
+  _, ids = split_ids if split_ids is not None else lm_split_ids(config, tok)
   length = int(config.max_length)
   if len(ids) < 2:
     raise DataError(f"config.validation_fraction={config.validation_fraction} leaves "

@@ -69,8 +69,10 @@ class LanguageModelTask(TaskBase):
 
   def data(self, config, workdir: str) -> TrainingData:
     tokenizer = lm_data.get_lm_tokenizer(config, workdir, process_index=jax.process_index())
+    # The text is read, split and encoded once, for training and validation alike.
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count(),
-                 row_multiple=jax.local_device_count())
+                 row_multiple=jax.local_device_count(),
+                 split_ids=lm_data.lm_split_ids(config, tokenizer))
     train_iter = lm_data.make_lm_train_iterator(config, tokenizer, **hosts)
     eval_batches = []
     if config.eval_every_steps:
