@@ -18,7 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from transformer import compilation_cache
+from transformer import compilation_cache, cpu_devices
 from transformer.cli import fail
 from transformer.config_files import load_config_file
 from transformer.training.checkpointing import (
@@ -27,7 +27,7 @@ from transformer.training.checkpointing import (
   StateMismatchError,
 )
 from transformer.training.trainer import train_and_evaluate
-from transformer.training.validation import default_config
+from transformer.training.validation import default_config, trains_on
 from transformer.training.workdir_lock import WorkdirBusyError
 from transformer.workdir import WorkdirError
 
@@ -100,7 +100,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
-  if _DISTRIBUTED.value or _COORDINATOR.value:
+  config = _CONFIG.value
+  distributed = _DISTRIBUTED.value or bool(_COORDINATOR.value)
+  try:  # before any JAX operation: the CPU backend reads it once
+    cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n),
+                          multi_process=distributed)
+  except USER_ERRORS as e:
+    fail(str(e))
+  if distributed:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   workdir = _WORKDIR.value
@@ -108,12 +115,12 @@ def main(argv):
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     name = os.path.splitext(os.path.basename(config_file))[0]
     workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-  cache = compilation_cache.enable(_CONFIG.value.get("compilation_cache_dir", "auto"))
+  cache = compilation_cache.enable(config.get("compilation_cache_dir", "auto"))
   if jax.process_index() == 0:
     print(f"Workdir: {os.path.abspath(workdir)}", flush=True)
     print(f"Compilation cache: {cache or 'off'}", flush=True)
   try:
-    train_and_evaluate(_CONFIG.value, workdir)
+    train_and_evaluate(config, workdir)
   except USER_ERRORS as e:
     if _DEBUG.value or os.environ.get("TRANSFORMER_DEBUG"):
       raise

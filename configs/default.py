@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
                                     # §6.1 averages checkpoints written at 10-minute intervals
   config.keep_checkpoints = 3
   config.parallelism = "data"       # "data" | "fsdp"
+  config.cpu_devices = "auto"       # on a CPU host, JAX devices to train data-parallel across its
+                                    # cores: "auto" = one per core (at most 8) that the batch
+                                    # splits evenly across, or a number (1 = JAX's own single
+                                    # device); transformer/cpu_devices.py. No effect on GPU/TPU.
   config.compilation_cache_dir = "auto"  # JAX's persistent compilation cache, so a resume does
                                     # not recompile: "auto" = ~/.cache/transformer/jax (or
                                     # $XDG_CACHE_HOME/transformer/jax), a path, or "" for none

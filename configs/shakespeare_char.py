@@ -81,6 +81,7 @@ def get_config(size: str = "cpu") -> ml_collections.ConfigDict:
   config.checkpoint_every_minutes = 0.0
   config.keep_checkpoints = 3
   config.parallelism = "data"
+  config.cpu_devices = "auto"       # one JAX device per CPU core (transformer/cpu_devices.py)
   config.compilation_cache_dir = "auto"
 
   # --- Samples (printed at every evaluation and at the end; transformer/sampling.py) ---

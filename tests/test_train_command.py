@@ -42,6 +42,7 @@ BAD_CONFIGS = [
     ("--config.adam_b2=1.0", "adam_b2=1.0 must be in [0, 1)"),
     ("--config.parallelism=model", "parallelism='model' is unknown; allowed: data, fsdp"),
     ("--config.max_length=1", "max_length=1 must be at least 2"),
+    ("--config.cpu_devices=0", "cpu_devices=0 must be 'auto' or a number of devices >= 1"),
     ("--config.dataset=text --config.data_dir=/nonexistent", "/nonexistent"),
 ]
 

@@ -6,7 +6,8 @@
 Batches are synthetic and full (every position a real token) in the config's shape: `batch_size`
 rows of `max_length` for "padded"/"packed" batching, `tokens_per_batch // max_length` rows for
 "tokens" (its largest bucket). Prints compile time, step time and training tokens/s (source +
-target; a language model's one sequence) after `--warmup` steps, MFU where the device's peak
+target; a language model's one sequence) after `--warmup` steps on the devices `train.py` would
+use (on a CPU host one per core: `config.cpu_devices`), MFU where the device's peak
 FLOP/s is known (the peak is printed; the FLOP counting rule is in
 transformer/training/flops.py), and peak memory per device. A character-level language model
 needs its vocabulary size given: `--config.vocab_size=69` for tiny Shakespeare.
@@ -22,7 +23,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import models
+from transformer import cpu_devices, models
 from transformer.cli import fail
 from transformer.models import count_params
 from transformer.tasks import get_task
@@ -30,7 +31,7 @@ from transformer.training import sharding, synthetic
 from transformer.training.flops import peak_flops_per_device, train_step_flops
 from transformer.training.optimizer import optimizer_from_config
 from transformer.training.steps import init_state, train_step
-from transformer.training.validation import validate_config
+from transformer.training.validation import trains_on, validate_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Run config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
@@ -107,6 +108,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   try:
+    cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n))
     r = run(config, steps=_STEPS.value, warmup=_WARMUP.value)
   except ValueError as e:  # a config error (ConfigError): one line, as train.py does
     fail(str(e))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from transformer import cpu_devices
 from transformer.config import ConfigError
 from transformer.config_files import load_config_file
 from transformer.tasks import get_task
@@ -71,6 +72,15 @@ def _check_batch_rows(config, num_devices: int, process_count: int) -> None:
         f"batch_size={config.batch_size} cannot be split over {process_count} hosts.")
 
 
+def trains_on(config, num_devices: int) -> bool:
+  """Whether `config` validates on `num_devices` devices of one process (cpu_devices="auto")."""
+  try:
+    validate_config(config, num_devices=num_devices)
+  except ValueError:  # ConfigError, or a model config the task rejects
+    return False
+  return True
+
+
 def validate_config(config, *, num_devices: int, process_count: int = 1,
                     vocab_size: int | None = None) -> None:
   """Raises ConfigError naming the key when `config` cannot train on `num_devices` devices."""
@@ -88,6 +98,7 @@ def validate_config(config, *, num_devices: int, process_count: int = 1,
   if not isinstance(config.get("compilation_cache_dir", ""), str):
     raise ConfigError(f"compilation_cache_dir={config.compilation_cache_dir!r} must be a path, "
                       "'auto' or '' (off).")
+  cpu_devices.parse(config.get("cpu_devices", "auto"))
   if config.max_length < 2:
     raise ConfigError(f"max_length={config.max_length} must be at least 2 (a token and EOS).")
   if config.schedule not in SCHEDULES:

@@ -1,0 +1,107 @@
+"""config.cpu_devices: one JAX device per CPU core, chosen before JAX starts."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from transformer import cpu_devices
+from transformer.config import ConfigError
+from transformer.config_files import load_config_file
+from transformer.training.validation import trains_on, validate_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("setting,expected", [("auto", "auto"), (3, 3), ("2", 2), (" 4 ", 4)])
+def test_parse_accepts_auto_and_positive_counts(setting, expected):
+  assert cpu_devices.parse(setting) == expected
+
+
+@pytest.mark.parametrize("setting", [0, -2, "0", "many", 1.5, True, None])
+def test_parse_rejects_anything_else_naming_the_key(setting):
+  with pytest.raises(ConfigError, match=r"cpu_devices=.* must be 'auto' or a number"):
+    cpu_devices.parse(setting)
+
+
+def test_auto_is_the_most_devices_the_batch_splits_across_up_to_the_cores_and_the_cap():
+  twelve_rows = lambda n: 12 % n == 0
+  assert cpu_devices.choose("auto", twelve_rows, cores=2) == 2
+  assert cpu_devices.choose("auto", twelve_rows, cores=5) == 4
+  assert cpu_devices.choose("auto", twelve_rows, cores=64) == 6  # at most AUTO_MAX_DEVICES=8
+  assert cpu_devices.choose("auto", lambda n: 7 % n == 0, cores=4) == 1
+  assert cpu_devices.choose("auto", twelve_rows, cores=1) == 1
+  assert cpu_devices.choose(5, twelve_rows, cores=2) == 5  # a number is the user's to choose
+
+
+def test_trains_on_asks_the_config_validation():
+  config = load_config_file("shakespeare_char")  # batch_size 12
+  config.vocab_size = 69
+  assert trains_on(config, 3) and trains_on(config, 4)
+  assert not trains_on(config, 5)
+  with pytest.raises(ConfigError, match="batch_size=12 cannot be split over 5 devices"):
+    validate_config(config, num_devices=5)
+  config.cpu_devices = "none"
+  with pytest.raises(ConfigError, match="cpu_devices='none'"):
+    validate_config(config, num_devices=1)
+
+
+def _python(code: str, **env_changes) -> str:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  env.update(env_changes)
+  result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout.split()
+
+
+def test_configure_sets_the_device_count_before_jax_starts():
+  out = _python("""
+      import jax
+      from transformer import cpu_devices
+      count = cpu_devices.configure(3, lambda n: True)
+      print(count, jax.local_device_count())
+      """)
+  assert out == ["3", "3"]
+
+
+def test_auto_gives_one_device_per_usable_core_and_defers_to_an_earlier_choice():
+  cores = min(cpu_devices.usable_cores(), cpu_devices.AUTO_MAX_DEVICES)
+  out = _python("""
+      import jax
+      from transformer import cpu_devices
+      print(cpu_devices.configure("auto", lambda n: True), jax.local_device_count())
+      """)
+  assert out == [str(cores) if cores > 1 else "1", str(cores)]
+  # XLA_FLAGS' device count, a multi-process run and a started backend keep JAX's choice.
+  out = _python("""
+      import jax
+      from transformer import cpu_devices
+      print(cpu_devices.configure("auto", lambda n: True), jax.local_device_count())
+      """, XLA_FLAGS="--xla_force_host_platform_device_count=5")
+  assert out == ["None", "5"]
+  out = _python("""
+      import jax
+      from transformer import cpu_devices
+      print(cpu_devices.configure("auto", lambda n: True, multi_process=True))
+      """)
+  assert out == ["None"]
+
+
+def test_a_number_after_jax_started_is_a_config_error_and_auto_steps_aside():
+  out = _python("""
+      import jax, jax.numpy as jnp
+      from transformer import cpu_devices
+      from transformer.config import ConfigError
+      jnp.ones(1).block_until_ready()
+      print(cpu_devices.configure("auto", lambda n: True))
+      try:
+        cpu_devices.configure(2, lambda n: True)
+      except ConfigError as e:
+        print("ConfigError" if "before JAX starts its backends" in str(e) else e)
+      print(jax.local_device_count())
+      """)
+  assert out == ["None", "ConfigError", "1"]

@@ -1,0 +1,87 @@
+"""One JAX device per CPU core, so a CPU host trains data-parallel across its cores.
+
+JAX gives a CPU host one device, and XLA spreads each operation of a program over the cores
+itself. The operations of a small Transformer are too small for that: profiled on a 2-core
+machine (docs/performance.md), the matmuls of the language model's step ran one after another
+at about one core's speed. With one device per core the trainer's data parallelism
+(training/sharding.py) hands each core its share of the batch as a whole program, the gradients
+are averaged across the devices, and the same step runs 1.2-1.5x faster. The update is the same
+one (the mean over the whole batch), up to the order of floating-point sums.
+
+`config.cpu_devices`: "auto" (the default) is one device per usable core, at most
+`AUTO_MAX_DEVICES`, lowered until the config's batch splits evenly across them; a number sets
+that many; 1 is JAX's own single device. It only concerns the CPU backend: on a GPU or TPU the
+accelerators are the devices and this setting changes nothing they run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+
+from transformer.config import ConfigError
+
+# Measured on 2 cores only (docs/performance.md); the cap keeps large CPU hosts from splitting a
+# small batch into many tiny ones on the strength of that measurement alone.
+AUTO_MAX_DEVICES = 8
+FORCE_FLAG = "xla_force_host_platform_device_count"
+
+
+def usable_cores() -> int:
+  """The cores this process may run on (its CPU affinity), not all the machine has."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+def parse(setting) -> str | int:
+  """`config.cpu_devices` as "auto" or an int >= 1 (the command line gives numbers as text)."""
+  if isinstance(setting, str) and setting.strip().isdigit():  # --config.cpu_devices=2
+    setting = int(setting)
+  if setting == "auto" or (isinstance(setting, int) and not isinstance(setting, bool)
+                           and setting >= 1):
+    return setting
+  raise ConfigError(f"cpu_devices={setting!r} must be 'auto' or a number of devices >= 1 "
+                    "(1 = JAX's single CPU device).")
+
+
+def choose(setting, fits: Callable[[int], bool], cores: int) -> int:
+  """The device count for `setting` ("auto" or a positive int).
+
+  "auto": the largest n <= min(cores, AUTO_MAX_DEVICES) with `fits(n)` (the config trains on n
+  devices), else 1. A number is taken as given.
+  """
+  setting = parse(setting)
+  if setting != "auto":
+    return setting
+  for n in range(min(cores, AUTO_MAX_DEVICES), 1, -1):
+    if fits(n):
+      return n
+  return 1
+
+
+def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = False) -> int | None:
+  """Sets JAX's CPU device count from `config.cpu_devices`; returns it, or None where JAX keeps
+  its own.
+
+  Call before the first JAX operation. "auto" defers to a count already chosen (XLA_FLAGS'
+  --xla_force_host_platform_device_count, jax_num_cpu_devices set in code, backends already
+  running) and to multi-process runs, whose processes may share the cores; an explicit number
+  that comes too late is a ConfigError.
+  """
+  setting = parse(setting)
+  if setting == "auto" and (multi_process or FORCE_FLAG in os.environ.get("XLA_FLAGS", "")
+                            or jax.config.jax_num_cpu_devices >= 0):
+    return None
+  count = choose(setting, fits, usable_cores())
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:
+    if setting == "auto":
+      return None
+    raise ConfigError(f"cpu_devices={setting!r} must be applied before JAX starts its backends; "
+                      "it was set after a JAX operation had run in this process.") from None
+  return count
