@@ -35,6 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.pack_window = 16384        # for "packed": examples packed together (more = denser rows)
   config.eval_batch_size = 256      # rows per batch when evaluating and decoding
   config.prefetch = 4               # batches prepared ahead in background threads
+  config.cache_encoded = True       # keep the tokenized training split in WORKDIR/encoded/ and
+                                    # read it memory-mapped on the next start (a changed source
+                                    # or tokenizer makes a new entry); transformer/data/
+                                    # encoded_cache.py
   config.numbers = ml_collections.ConfigDict(dict(
       max_number=999_999, num_train=100_000, num_validation=1_000, num_test=1_000))
 

@@ -50,7 +50,8 @@ def test_trains_on_asks_the_config_validation():
 
 def _python(code: str, **env_changes) -> str:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  for name in ("XLA_FLAGS", "PJRT_NPROC", "NPROC"):
+    env.pop(name, None)
   env.update(env_changes)
   result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -58,14 +59,17 @@ def _python(code: str, **env_changes) -> str:
   return result.stdout.split()
 
 
-def test_configure_sets_the_device_count_before_jax_starts():
-  out = _python("""
-      import jax
+def test_configure_sets_the_device_count_and_a_thread_pool_with_room_for_them():
+  code = """
+      import os, jax
       from transformer import cpu_devices
       count = cpu_devices.configure(3, lambda n: True)
-      print(count, jax.local_device_count())
-      """)
-  assert out == ["3", "3"]
+      print(count, jax.local_device_count(), os.environ.get("PJRT_NPROC"))
+      """
+  cores = cpu_devices.usable_cores()
+  assert _python(code) == ["3", "3", str(cores + 3)]
+  assert _python(code, PJRT_NPROC="7") == ["3", "3", "7"]  # the user's setting is kept
+  assert cpu_devices.thread_pool_size(2, 2) == 4  # the size that did not deadlock on 2 cores
 
 
 def test_auto_gives_one_device_per_usable_core_and_defers_to_an_earlier_choice():

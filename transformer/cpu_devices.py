@@ -27,6 +27,19 @@ from transformer.config import ConfigError
 # small batch into many tiny ones on the strength of that measurement alone.
 AUTO_MAX_DEVICES = 8
 FORCE_FLAG = "xla_force_host_platform_device_count"
+# The CPU client's thread pool runs every device's program and their operations' parallel work.
+# At its default size (one thread per core) two devices on two cores deadlocked in the gradient
+# all-reduce, one device's program waiting for the other's, which found no thread: XLA aborts
+# after 40 s ("Termination timeout for `all reduce ...`"). In 5 of 5 runs under load with the
+# default pool, and with 3 threads; in none of 13 with 4 (docs/performance.md). Read once, when
+# the CPU client starts; a value the user set is kept.
+THREAD_POOL_VARIABLES = ("PJRT_NPROC", "NPROC")
+
+
+def thread_pool_size(devices: int, cores: int) -> int:
+  """Threads for the CPU client: one per core for the operations' work, plus one per device
+  that may sit blocked in a collective."""
+  return cores + devices
 
 
 def usable_cores() -> int:
@@ -67,16 +80,20 @@ def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = Fal
   """Sets JAX's CPU device count from `config.cpu_devices`; returns it, or None where JAX keeps
   its own.
 
-  Call before the first JAX operation. "auto" defers to a count already chosen (XLA_FLAGS'
-  --xla_force_host_platform_device_count, jax_num_cpu_devices set in code, backends already
-  running) and to multi-process runs, whose processes may share the cores; an explicit number
-  that comes too late is a ConfigError.
+  Call before the first JAX operation. With more than one device it also sizes the CPU client's
+  thread pool (PJRT_NPROC, `thread_pool_size`) unless PJRT_NPROC or NPROC is set. "auto"
+  defers to a count already chosen (XLA_FLAGS' --xla_force_host_platform_device_count,
+  jax_num_cpu_devices set in code, backends already running) and to multi-process runs, whose
+  processes may share the cores; an explicit number that comes too late is a ConfigError.
   """
   setting = parse(setting)
   if setting == "auto" and (multi_process or FORCE_FLAG in os.environ.get("XLA_FLAGS", "")
                             or jax.config.jax_num_cpu_devices >= 0):
     return None
-  count = choose(setting, fits, usable_cores())
+  cores = usable_cores()
+  count = choose(setting, fits, cores)
+  if count > 1 and not any(name in os.environ for name in THREAD_POOL_VARIABLES):
+    os.environ[THREAD_POOL_VARIABLES[0]] = str(thread_pool_size(count, cores))
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError:

@@ -56,3 +56,18 @@ def abstract_params(config: TransformerConfig, sharding=None) -> Any:
 def count_params(params: Any) -> int:
   """Number of parameters (arrays or ShapeDtypeStructs)."""
   return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def on_one_device(params: Any) -> Any:
+  """Arrays replicated over several devices as their copy on this process's first device.
+
+  Decoding, sampling and evaluation are one-device programs; given arrays replicated over
+  several devices, jit runs the program once per device, which on CPU devices sharing the same
+  cores (cpu_devices.py) only splits the cores between identical copies of the work. Sharded
+  arrays (parallelism="fsdp") and single-device ones are returned as they are.
+  """
+  def local(x):
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 and x.is_fully_replicated:
+      return x.addressable_data(0)
+    return x
+  return jax.tree.map(local, params)

@@ -22,7 +22,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from transformer.data import batching, sources
+from transformer.data import batching, encoded_cache, sources
 from transformer.data import tokenizer as tokenizer_lib
 from transformer.data.batching import BATCHINGS
 from transformer.data.sources import DataError, load_pairs  # noqa: F401 (re-exported)
@@ -139,24 +139,36 @@ def _check_config(config) -> None:
 
 
 def make_train_iterator(config, tok: Tokenizer, *, process_index: int = 0,
-                        process_count: int = 1, row_multiple: int = 1):
+                        process_count: int = 1, row_multiple: int = 1,
+                        cache_dir: str | None = None):
   """An endless, checkpointable grain DatasetIterator of host-local training batches.
 
   "padded" and "packed": config.batch_size global rows, each host reading and shuffling its own
   contiguous shard. "tokens": config.tokens_per_batch global tokens per batch; each host reads the
   whole split to plan the global batches (their shapes must agree across hosts) and keeps its
   slice of every batch's rows. Epochs repeat, each reshuffled from (config.seed, epoch).
+
+  `cache_dir` (WORKDIR/encoded): the tokenized split is read from there when it was encoded
+  before with this source and tokenizer, and written there otherwise (encoded_cache.py).
   """
   _check_config(config)
-  source = sources.open_source(config, config.train_split)
-  if config.batching == "tokens":
-    indices = range(len(source))
-  else:
-    indices = sources.shard_range(len(source), process_index, process_count)
-  what = (f"train split {source.name} (host {process_index} of {process_count}, "
-          f"pairs {indices.start}..{indices.stop - 1})")
-  ex = batching.encode_examples(source.get(indices), tok, max_length=config.max_length,
-                                overlong=config.overlong, what=what)
+  whole = config.batching == "tokens" or process_count == 1
+
+  def encode() -> batching.Examples:
+    source = sources.open_source(config, config.train_split)
+    indices = (range(len(source)) if whole else
+               sources.shard_range(len(source), process_index, process_count))
+    what = (f"train split {source.name} (host {process_index} of {process_count}, "
+            f"pairs {indices.start}..{indices.stop - 1})")
+    return batching.encode_examples(source.get(indices), tok, max_length=config.max_length,
+                                    overlong=config.overlong, what=what)
+
+  part = {"whole": True} if whole else {"process_index": process_index,
+                                        "process_count": process_count}
+  identity = sources.source_identity(config, config.train_split) if cache_dir else None
+  ex = encoded_cache.encoded_examples(cache_dir, identity, part, tok, encode,
+                                      max_length=int(config.max_length),
+                                      overlong=config.overlong)
   seed = config.seed
   if config.batching == "padded":
     rows = _local_rows(config.batch_size, process_count, row_multiple, "batch_size")

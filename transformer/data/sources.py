@@ -236,6 +236,45 @@ def open_source(config, split: str) -> PairSource:
                   f"{', '.join(DATASETS)}.")
 
 
+def _file_stats(paths) -> list:
+  """[path, size, modification time in ns] of each existing file: a changed file changes them."""
+  out = []
+  for path in paths:
+    if os.path.isfile(path):
+      st = os.stat(path)
+      out.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
+  return out
+
+
+def source_identity(config, split: str) -> dict | None:
+  """What a split's pairs depend on, without reading them: the settings that select them and the
+  size and modification time of every file they come from. Two calls give equal dicts only when
+  the pairs are the same; None where that cannot be told (the files are missing: opening the
+  source raises the DataError that says so)."""
+  identity = {"dataset": config.dataset, "split": split, "source_lang": config.source_lang,
+              "target_lang": config.target_lang}
+  if config.dataset == "numbers":
+    return {**identity, "numbers": config.numbers.to_dict(), "seed": int(config.seed)}
+  if config.dataset == "text":
+    try:
+      _, a, b = _find_split_files(config.data_dir, split, config.source_lang, config.target_lang)
+    except DataError:
+      return None
+    files = _file_stats([a] + ([b] if b else []))
+    return {**identity, "files": files} if files else None
+  if config.dataset == "tfds" and config.tfds_name:
+    tfds = _import_tfds()
+    try:
+      builder = tfds.builder(config.tfds_name, data_dir=config.tfds_data_dir or None)
+      directory = builder.data_dir
+      names = sorted(os.listdir(directory))
+    except Exception:  # pylint: disable=broad-except  (not prepared: open_source says so)
+      return None
+    return {**identity, "tfds_name": config.tfds_name, "version": str(builder.version),
+            "files": _file_stats(os.path.join(directory, n) for n in names)}
+  return None
+
+
 def shard_range(n: int, process_index: int, process_count: int) -> range:
   """The contiguous part of [0, n) that host `process_index` of `process_count` reads."""
   if not 0 <= process_index < process_count:

@@ -14,6 +14,7 @@ holds.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -67,6 +68,10 @@ class Tokenizer:
 
   def id_to_piece(self, i: int) -> str:
     return self._sp.id_to_piece(int(i))
+
+  def fingerprint(self) -> str:
+    """SHA-256 of the model: equal for tokenizers that encode every text alike."""
+    return hashlib.sha256(self._sp.serialized_model_proto()).hexdigest()
 
   @classmethod
   def load(cls, path: str) -> "Tokenizer":

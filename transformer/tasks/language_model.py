@@ -20,6 +20,7 @@ from absl import logging
 from transformer.config import ConfigError, TransformerConfig
 from transformer.data import lm_data
 from transformer.loss import loss_and_metrics, summarize
+from transformer.models import on_one_device
 from transformer.sampling import sample
 from transformer.tasks.base import TaskBase, TrainingData, require_int
 
@@ -34,7 +35,8 @@ def generate(model_config: TransformerConfig, params, tokenizer, prompt: str, *,
     raise ValueError(f"The prompt {prompt!r} encodes to no tokens.")
   prompts = np.repeat(ids[None].astype(np.int32), num_samples, axis=0)
   lengths = np.full((num_samples,), ids.size, np.int32)
-  tokens = sample(model_config.replace(decode=False, deterministic=True), params, prompts,
+  tokens = sample(model_config.replace(decode=False, deterministic=True), on_one_device(params),
+                  prompts,
                   lengths, jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
                   temperature=float(temperature), top_k=int(top_k))
   tokens = np.asarray(jax.device_get(tokens))
@@ -125,6 +127,7 @@ class LanguageModelTask(TaskBase):
                        f"(the last {config.validation_fraction} of the text).")
     batches = lm_data.make_lm_eval_batches(config, tokenizer)
     forward = self.forward(model_config.replace(deterministic=True))
+    params = on_one_device(params)
 
     @jax.jit
     def sums(batch):

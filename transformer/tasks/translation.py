@@ -16,11 +16,14 @@ import time
 import jax
 import jax.numpy as jnp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from transformer.config import PAD_ID, ConfigError
 from transformer.data import pipeline, sources
 from transformer.data.batching import BATCHINGS
+from transformer.data.encoded_cache import ENCODED_DIR
 from transformer.data.pipeline import TOKEN_BUDGETS
+from transformer.models import on_one_device
 from transformer.scores import score_translations
 from transformer.tasks.base import TaskBase, TrainingData, require_int
 from transformer.translator import Translator
@@ -32,6 +35,15 @@ def resolve_split(config, split: str) -> str:
   """"test", "validation", "train" -> the run config's split names; other names unchanged."""
   key = SPLIT_KEYS.get(split)
   return str(config.get(key, split)) if key else split
+
+
+def process_0_first(make, what: str):
+  """`make()` on process 0, then on the other processes after a barrier (one process: make())."""
+  if jax.process_count() == 1:
+    return make()
+  result = make() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f"process 0 made the {what}")
+  return result if jax.process_index() == 0 else make()
 
 
 def translate_split(config, workdir: str, split: str, *, params, model_config, tokenizer,
@@ -58,7 +70,7 @@ def translate_split(config, workdir: str, split: str, *, params, model_config, t
   beam_size = int(config.get("beam_size", 4) if beam_size is None else beam_size)
   length_penalty = float(config.get("length_penalty", 0.6) if length_penalty is None
                          else length_penalty)
-  translator = Translator(model_config, params, tokenizer, beam_size=beam_size,
+  translator = Translator(model_config, on_one_device(params), tokenizer, beam_size=beam_size,
                           length_penalty=length_penalty,
                           max_extra=int(config.get("max_decode_extra", 50)),
                           batch_size=int(batch_size or config.get("eval_batch_size", 64)))
@@ -144,11 +156,15 @@ class TranslationTask(TaskBase):
     # The test split is read after training: a missing one must fail now, not hours later.
     if config.get("test_split"):
       sources.open_source(config, config.test_split)
-    tokenizer = pipeline.get_tokenizer(config, workdir)
+    # Process 0 trains the tokenizer and encodes the split first; with a shared workdir the
+    # other hosts then load both instead of repeating the work.
+    tokenizer = process_0_first(lambda: pipeline.get_tokenizer(config, workdir), "tokenizer")
     row_multiple = jax.local_device_count()
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    train_iter = pipeline.make_train_iterator(config, tokenizer, row_multiple=row_multiple,
-                                              **hosts)
+    cache_dir = os.path.join(workdir, ENCODED_DIR) if config.get("cache_encoded", True) else None
+    train_iter = process_0_first(lambda: pipeline.make_train_iterator(
+        config, tokenizer, row_multiple=row_multiple, cache_dir=cache_dir, **hosts),
+        "encoded training split")
     eval_batches = []
     if config.eval_every_steps:
       eval_batches = list(pipeline.make_eval_batches(
