@@ -29,10 +29,11 @@ AUTO_MAX_DEVICES = 8
 FORCE_FLAG = "xla_force_host_platform_device_count"
 # The CPU client's thread pool runs every device's program and their operations' parallel work.
 # At its default size (one thread per core) two devices on two cores deadlocked in the gradient
-# all-reduce, one device's program waiting for the other's, which found no thread: XLA aborts
-# after 40 s ("Termination timeout for `all reduce ...`"). In 5 of 5 runs under load with the
-# default pool, and with 3 threads; in none of 13 with 4 (docs/performance.md). Read once, when
-# the CPU client starts; a value the user set is kept.
+# all-reduce, one device's program waiting for the other's, which found no thread, and XLA
+# aborted after 40 s ("Termination timeout for `all reduce ...`"): now and then on an idle
+# machine, in 8 of 8 runs beside two busy processes; with 3 threads in 3 of 3 idle runs; with 4
+# threads in none of 13 (11 beside the busy processes). docs/performance.md. The variable is read
+# once, when the CPU client starts; a value the user set is kept.
 THREAD_POOL_VARIABLES = ("PJRT_NPROC", "NPROC")
 
 
