@@ -59,53 +59,41 @@ def _python(code: str, **env_changes) -> str:
   return result.stdout.split()
 
 
-def test_configure_sets_the_device_count_and_a_thread_pool_with_room_for_them():
-  code = """
+def test_a_number_sets_the_devices_and_a_thread_pool_with_room_for_them():
+  cores = cpu_devices.usable_cores()
+  out = _python("""
       import os, jax
       from transformer import cpu_devices
       count = cpu_devices.configure(3, lambda n: True)
       print(count, jax.local_device_count(), os.environ.get("PJRT_NPROC"))
-      """
-  cores = cpu_devices.usable_cores()
-  assert _python(code) == ["3", "3", str(cores + 3)]
-  assert _python(code, PJRT_NPROC="7") == ["3", "3", "7"]  # the user's setting is kept
+      """)
+  assert out == ["3", "3", str(cores + 3)]
   assert cpu_devices.thread_pool_size(2, 2) == 4  # the size that did not deadlock on 2 cores
 
 
-def test_auto_gives_one_device_per_usable_core_and_defers_to_an_earlier_choice():
+def test_auto_defers_to_xla_flags_and_keeps_the_users_thread_pool():
+  out = _python("""
+      import os, jax
+      from transformer import cpu_devices
+      print(cpu_devices.configure("auto", lambda n: True), jax.local_device_count(),
+            os.environ.get("PJRT_NPROC"))
+      """, XLA_FLAGS="--xla_force_host_platform_device_count=5", PJRT_NPROC="7")
+  assert out == ["None", "5", "7"]
+
+
+def test_auto_is_one_device_per_core_not_for_several_processes_and_not_after_jax_started():
   cores = min(cpu_devices.usable_cores(), cpu_devices.AUTO_MAX_DEVICES)
-  out = _python("""
-      import jax
-      from transformer import cpu_devices
-      print(cpu_devices.configure("auto", lambda n: True), jax.local_device_count())
-      """)
-  assert out == [str(cores) if cores > 1 else "1", str(cores)]
-  # XLA_FLAGS' device count, a multi-process run and a started backend keep JAX's choice.
-  out = _python("""
-      import jax
-      from transformer import cpu_devices
-      print(cpu_devices.configure("auto", lambda n: True), jax.local_device_count())
-      """, XLA_FLAGS="--xla_force_host_platform_device_count=5")
-  assert out == ["None", "5"]
-  out = _python("""
-      import jax
-      from transformer import cpu_devices
-      print(cpu_devices.configure("auto", lambda n: True, multi_process=True))
-      """)
-  assert out == ["None"]
-
-
-def test_a_number_after_jax_started_is_a_config_error_and_auto_steps_aside():
   out = _python("""
       import jax, jax.numpy as jnp
       from transformer import cpu_devices
       from transformer.config import ConfigError
+      print(cpu_devices.configure("auto", lambda n: True, multi_process=True))
+      print(cpu_devices.configure("auto", lambda n: True), jax.local_device_count())
       jnp.ones(1).block_until_ready()
       print(cpu_devices.configure("auto", lambda n: True))
-      try:
-        cpu_devices.configure(2, lambda n: True)
+      try:  # another count than the running one
+        cpu_devices.configure(9, lambda n: True)
       except ConfigError as e:
         print("ConfigError" if "before JAX starts its backends" in str(e) else e)
-      print(jax.local_device_count())
       """)
-  assert out == ["None", "ConfigError", "1"]
+  assert out == ["None", str(cores), str(cores), "None", "ConfigError"]
