@@ -3,30 +3,13 @@
 import os
 import time
 
-import ml_collections
 import numpy as np
 import pytest
+from test_data_pipeline import DE, EN, make_config, sentence  # the same corpus and config
 
 from transformer.data import encoded_cache, pipeline, sources
 from transformer.data import tokenizer as tokenizer_lib
 from transformer.data.batching import Examples
-
-EN = "the a cat dog sat ran on under green old river field house tree small big".split()
-DE = "der die das Katze Hund saß lief auf unter grün alt Fluss Feld Haus Baum klein".split()
-
-
-def sentence(rng, words, i):
-  return " ".join(list(rng.choice(words, size=int(rng.integers(1, 14)))) + [str(i)])
-
-
-def make_config(data_dir, **overrides):
-  config = ml_collections.ConfigDict(dict(
-      dataset="text", tfds_name="", tfds_data_dir="", data_dir=str(data_dir), source_lang="en",
-      target_lang="de", train_split="train", eval_split="validation", test_split="test",
-      max_length=48, overlong="drop", batching="padded", batch_size=16, tokens_per_batch=384,
-      length_buckets="", pack_window=64, eval_batch_size=16, prefetch=2, seed=0))
-  config.update(overrides)
-  return config
 
 
 @pytest.fixture
@@ -54,6 +37,14 @@ def batches(it, n=12):
 def entries(cache_dir):
   return sorted(n for n in os.listdir(cache_dir) if not n.startswith(".")) if os.path.isdir(
       cache_dir) else []
+
+
+def encode_once(data_dir, tok, cache_dir):
+  """A first start's config and the one entry it writes to `cache_dir`."""
+  config = make_config(data_dir)
+  pipeline.make_train_iterator(config, tok, cache_dir=cache_dir)
+  (key,) = entries(cache_dir)
+  return config, key
 
 
 def forbid_reading(monkeypatch):
@@ -91,10 +82,8 @@ def test_the_second_start_reads_the_cache_and_gives_the_same_batches(
 
 def test_the_cached_arrays_are_memory_mapped_and_equal_to_encoding_again(data_dir, tok,
                                                                          tmp_path):
-  config = make_config(data_dir)
   cache_dir = str(tmp_path / "encoded")
-  pipeline.make_train_iterator(config, tok, cache_dir=cache_dir)
-  (key,) = entries(cache_dir)
+  config, key = encode_once(data_dir, tok, cache_dir)
   cached = encoded_cache.load(cache_dir, key)
   for name in encoded_cache.ARRAYS:  # views of the files, not copies
     array = getattr(cached, name)
@@ -107,10 +96,8 @@ def test_the_cached_arrays_are_memory_mapped_and_equal_to_encoding_again(data_di
 
 def test_a_changed_source_file_is_encoded_again_and_replaces_the_old_entry(data_dir, tok,
                                                                           tmp_path):
-  config = make_config(data_dir)
   cache_dir = str(tmp_path / "encoded")
-  pipeline.make_train_iterator(config, tok, cache_dir=cache_dir)
-  (old,) = entries(cache_dir)
+  config, old = encode_once(data_dir, tok, cache_dir)
   path = data_dir / "train.de"
   lines = path.read_text().split("\n")
   lines[0] = "der Hund"  # one target sentence changed
@@ -168,11 +155,9 @@ def test_two_hosts_share_the_whole_split_and_keep_their_own_shards(data_dir, tok
 
 
 def test_an_unfinished_or_damaged_entry_is_never_read(data_dir, tok, tmp_path):
-  config = make_config(data_dir)
   cache_dir = str(tmp_path / "encoded")
   os.makedirs(os.path.join(cache_dir, ".tmp-abc"))  # a writer that died mid-way
-  pipeline.make_train_iterator(config, tok, cache_dir=cache_dir)
-  (key,) = entries(cache_dir)
+  config, key = encode_once(data_dir, tok, cache_dir)
   with open(os.path.join(cache_dir, key, "src.npy"), "wb") as f:
     f.write(b"not an array")
   assert encoded_cache.load(cache_dir, key) is None

@@ -36,8 +36,7 @@ def generate(model_config: TransformerConfig, params, tokenizer, prompt: str, *,
   prompts = np.repeat(ids[None].astype(np.int32), num_samples, axis=0)
   lengths = np.full((num_samples,), ids.size, np.int32)
   tokens = sample(model_config.replace(decode=False, deterministic=True), on_one_device(params),
-                  prompts,
-                  lengths, jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
+                  prompts, lengths, jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
                   temperature=float(temperature), top_k=int(top_k))
   tokens = np.asarray(jax.device_get(tokens))
   return [lm_data.decode_lm(tokenizer, row) for row in tokens]
