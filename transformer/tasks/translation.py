@@ -156,15 +156,18 @@ class TranslationTask(TaskBase):
     # The test split is read after training: a missing one must fail now, not hours later.
     if config.get("test_split"):
       sources.open_source(config, config.test_split)
-    # Process 0 trains the tokenizer and encodes the split first; with a shared workdir the
-    # other hosts then load both instead of repeating the work.
+    # Process 0 trains the tokenizer first; with a shared workdir the other hosts then load it
+    # instead of repeating the work. Likewise the encoded split where all hosts use one entry
+    # (token-budget batching plans over the whole split); shards are each host's own.
     tokenizer = process_0_first(lambda: pipeline.get_tokenizer(config, workdir), "tokenizer")
     row_multiple = jax.local_device_count()
     hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
     cache_dir = os.path.join(workdir, ENCODED_DIR) if config.get("cache_encoded", True) else None
-    train_iter = process_0_first(lambda: pipeline.make_train_iterator(
-        config, tokenizer, row_multiple=row_multiple, cache_dir=cache_dir, **hosts),
-        "encoded training split")
+    make_iterator = lambda: pipeline.make_train_iterator(
+        config, tokenizer, row_multiple=row_multiple, cache_dir=cache_dir, **hosts)
+    shared_entry = cache_dir is not None and config.batching == "tokens"
+    train_iter = (process_0_first(make_iterator, "encoded training split") if shared_entry
+                  else make_iterator())
     eval_batches = []
     if config.eval_every_steps:
       eval_batches = list(pipeline.make_eval_batches(
