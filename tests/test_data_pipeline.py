@@ -171,11 +171,66 @@ def test_packing_keeps_segments_apart_and_positions_restart(data_dir, tok):
 def test_packing_is_dense():
   rng = np.random.default_rng(0)
   src_len, tgt_len = rng.integers(2, 30, 2000), rng.integers(2, 30, 2000)
-  rows = batching.first_fit_decreasing(src_len, tgt_len, np.arange(2000), 64)
-  assert sorted(i for r in rows for i in r) == list(range(2000))
-  for r in rows:
-    assert src_len[r].sum() <= 64 and tgt_len[r].sum() <= 64
-  assert (src_len.sum() + tgt_len.sum()) / (2 * 64 * len(rows)) > 0.9
+  order, row, num_rows = batching.first_fit_decreasing(src_len, tgt_len, np.arange(2000), 64)
+  assert sorted(order.tolist()) == list(range(2000))
+  assert np.all(np.bincount(row, src_len[order]) <= 64)
+  assert np.all(np.bincount(row, tgt_len[order]) <= 64)
+  assert (src_len.sum() + tgt_len.sum()) / (2 * 64 * num_rows) > 0.9
+
+
+def first_fit_one_at_a_time(src_len, tgt_len, indices, length):
+  """The packer's definition, one example at a time: longest first (longer side, then target,
+  then source, decreasing; ties in `indices` order), each into the first row it fits."""
+  order = sorted(indices.tolist(), key=lambda i: (-max(src_len[i], tgt_len[i]), -tgt_len[i],
+                                                  -src_len[i]))    # sorted() is stable
+  rows, free = [], []
+  for i in order:
+    r = next((r for r, (fs, ft) in enumerate(free) if fs >= src_len[i] and ft >= tgt_len[i]),
+             None)
+    if r is None:
+      rows.append([])
+      free.append((length, length))
+      r = len(rows) - 1
+    rows[r].append(i)
+    free[r] = (free[r][0] - src_len[i], free[r][1] - tgt_len[i])
+  return rows
+
+
+@pytest.mark.parametrize("high", [4, 30, 64])
+def test_first_fit_decreasing_places_each_example_as_one_at_a_time_would(high):
+  # A run of equal-length examples is placed in one step; narrow length ranges make long runs.
+  for trial in range(8):
+    rng = np.random.default_rng([high, trial])
+    n = int(rng.integers(1, 500))
+    src_len, tgt_len = rng.integers(1, high + 1, n), rng.integers(1, high + 1, n)
+    indices = rng.permutation(n)[:max(1, n - 7)]
+    order, row, num_rows = batching.first_fit_decreasing(src_len, tgt_len, indices, 64)
+    rows = [[] for _ in range(num_rows)]
+    for i, r in zip(order.tolist(), row.tolist()):
+      rows[r].append(i)
+    assert rows == first_fit_one_at_a_time(src_len, tgt_len, indices, 64)
+
+
+def test_pack_batch_writes_rows_as_listed():
+  E = EOS_ID
+  ex = batching.Examples(src=np.array([5, 6, E, 7, E, 8, 9, 9, E], np.int32),
+                         src_off=np.array([0, 3, 5, 9]),
+                         tgt=np.array([11, E, 12, 13, E, 14, E], np.int32),
+                         tgt_off=np.array([0, 2, 5, 7]))
+  b = batching.pack_batch(ex, examples=[2, 0, 1], rows=[0, 2, 2], num_rows=4, length=6)
+  np.testing.assert_array_equal(b["inputs"], [[8, 9, 9, E, 0, 0], [0] * 6,
+                                              [5, 6, E, 7, E, 0], [0] * 6])
+  np.testing.assert_array_equal(b["inputs_segmentation"], [[1, 1, 1, 1, 0, 0], [0] * 6,
+                                                           [1, 1, 1, 2, 2, 0], [0] * 6])
+  np.testing.assert_array_equal(b["inputs_position"], [[0, 1, 2, 3, 0, 0], [0] * 6,
+                                                       [0, 1, 2, 0, 1, 0], [0] * 6])
+  np.testing.assert_array_equal(b["targets"], [[14, E, 0, 0, 0, 0], [0] * 6,
+                                               [11, E, 12, 13, E, 0], [0] * 6])
+  np.testing.assert_array_equal(b["targets_position"], [[0, 1, 0, 0, 0, 0], [0] * 6,
+                                                        [0, 1, 0, 1, 2, 0], [0] * 6])
+  padded = batching.pad_batch(ex, [1, -1, 2], length=5)
+  np.testing.assert_array_equal(padded["inputs"], [[7, E, 0, 0, 0], [0] * 5, [8, 9, 9, E, 0]])
+  np.testing.assert_array_equal(padded["targets"], [[12, 13, E, 0, 0], [0] * 5, [14, E, 0, 0, 0]])
 
 
 @pytest.mark.parametrize("mode", MODES)
