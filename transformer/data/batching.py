@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import os
 from typing import Any, Sequence
 
 import grain
@@ -67,12 +68,44 @@ class Examples:
     return self.tgt[self.tgt_off[i]:self.tgt_off[i + 1]]
 
 
-def _flatten(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-  lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-  offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-  np.cumsum(lengths, out=offsets[1:])
-  flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
-  return flat, offsets
+def _encode_flat(tok, texts: list[str], chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+  """All of `texts`' ids end to end ([total] int32) and each text's number of ids ([n] int64).
+
+  `chunk` texts at a time, so that only one chunk's ids are ever Python lists."""
+  flats, lengths = [], []
+  threads = usable_cores()
+  for begin in range(0, len(texts), chunk):
+    seqs = tok.encode_batch(texts[begin:begin + chunk], num_threads=threads)
+    n = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    flats.append(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32,
+                             count=int(n.sum())))
+    lengths.append(n)
+  if not flats:
+    return np.zeros(0, np.int32), np.zeros(0, np.int64)
+  return np.concatenate(flats), np.concatenate(lengths)
+
+
+def _with_eos(flat: np.ndarray, lengths: np.ndarray, keep: np.ndarray,
+              limit: int) -> tuple[np.ndarray, np.ndarray]:
+  """The kept sequences, each cut to `limit` ids and ended with EOS: (flat ids, offsets)."""
+  begin = (np.cumsum(lengths) - lengths)[keep]
+  n = np.minimum(lengths[keep], limit)
+  offsets = np.zeros(len(n) + 1, np.int64)
+  np.cumsum(n + 1, out=offsets[1:])
+  start = np.cumsum(n) - n                  # each sequence's first id among the kept ids
+  ids = np.arange(int(n.sum()))
+  out = np.empty(int(offsets[-1]), np.int32)
+  out[ids + np.repeat(offsets[:-1] - start, n)] = flat[ids + np.repeat(begin - start, n)]
+  out[offsets[1:] - 1] = EOS_ID
+  return out, offsets
+
+
+def usable_cores() -> int:
+  """The CPU cores this process may run on (SentencePiece encodes with that many threads)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # macOS
+    return os.cpu_count() or 1
 
 
 def encode_examples(pairs: Sequence[tuple[str, str]], tok, *, max_length: int,
@@ -80,39 +113,26 @@ def encode_examples(pairs: Sequence[tuple[str, str]], tok, *, max_length: int,
                     what: str = "") -> Examples:
   """Tokenizes pairs, appends EOS, skips empty pairs and drops or truncates overlong ones.
 
-  Every skipped, dropped or truncated pair is counted in one log line.
+  Every skipped, dropped or truncated pair is counted in one log line. SentencePiece encodes on
+  every usable core; the rest is numpy over all pairs at once.
   """
   if overlong not in OVERLONG:
     raise ValueError(f"config.overlong={overlong!r} is unknown; allowed: {', '.join(OVERLONG)}.")
   if max_length < 2:
     raise ValueError(f"config.max_length={max_length} must be at least 2 (a token and EOS).")
-  srcs, tgts, num_empty, num_long = [], [], 0, 0
-  chunk = 65536
-  for start in range(0, len(pairs), chunk):
-    part = pairs[start:start + chunk]
-    if not keep_empty:
-      kept = [p for p in part if p[0].strip() and p[1].strip()]
-      num_empty += len(part) - len(kept)
-      part = kept
-    enc_s = tok.encode_batch([p[0] for p in part])
-    enc_t = tok.encode_batch([p[1] for p in part])
-    for s, t in zip(enc_s, enc_t):
-      if len(s) >= max_length or len(t) >= max_length:   # EOS makes it one longer
-        num_long += 1
-        if overlong == "drop":
-          continue
-        s, t = s[:max_length - 1], t[:max_length - 1]
-      s.append(EOS_ID)
-      t.append(EOS_ID)
-      srcs.append(s)
-      tgts.append(t)
-  src, src_off = _flatten(srcs)
-  tgt, tgt_off = _flatten(tgts)
+  kept = pairs if keep_empty else [p for p in pairs if p[0].strip() and p[1].strip()]
+  num_empty = len(pairs) - len(kept)
+  src, src_len = _encode_flat(tok, [p[0] for p in kept])
+  tgt, tgt_len = _encode_flat(tok, [p[1] for p in kept])
+  long = (src_len >= max_length) | (tgt_len >= max_length)    # EOS makes each one longer
+  keep = ~long if overlong == "drop" else np.ones(len(kept), bool)
+  src, src_off = _with_eos(src, src_len, keep, max_length - 1)
+  tgt, tgt_off = _with_eos(tgt, tgt_len, keep, max_length - 1)
   verb = "dropped" if overlong == "drop" else "truncated"
   logging.info("%s: %d of %d pairs kept; %d empty pairs skipped; %d pairs longer than "
                "max_length=%d tokens (EOS included) %s (config.overlong=%r).",
-               what or "examples", len(srcs), len(pairs), num_empty, num_long, max_length, verb,
-               overlong)
+               what or "examples", len(src_off) - 1, len(pairs), num_empty, int(long.sum()),
+               max_length, verb, overlong)
   return Examples(src, src_off, tgt, tgt_off)
 
 
