@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import os
 from typing import Any, Sequence
 
 import grain
@@ -32,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from transformer.config import EOS_ID, PAD_ID
+from transformer.cpu_devices import usable_cores
 
 BATCHINGS = ("padded", "tokens", "packed")
 OVERLONG = ("drop", "truncate")
@@ -98,14 +98,6 @@ def _with_eos(flat: np.ndarray, lengths: np.ndarray, keep: np.ndarray,
   out[ids + np.repeat(offsets[:-1] - start, n)] = flat[ids + np.repeat(begin - start, n)]
   out[offsets[1:] - 1] = EOS_ID
   return out, offsets
-
-
-def usable_cores() -> int:
-  """The CPU cores this process may run on (SentencePiece encodes with that many threads)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # macOS
-    return os.cpu_count() or 1
 
 
 def encode_examples(pairs: Sequence[tuple[str, str]], tok, *, max_length: int,
