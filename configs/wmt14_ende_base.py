@@ -6,7 +6,7 @@ Batches of about 25,000 source + 25,000 target tokens (§5.1). On fewer or small
 that size with gradient accumulation: `--config=configs/wmt14_ende_base.py:4` reads batches of
 25,000 / 4 tokens and applies the update every 4 of them (any divisor works the same way).
 The dataset must be prepared once (docs/data.md):
-`tfds build wmt14_translate --config=de-en --file_format=array_record`.
+`python -m transformer.data.prepare --tfds_name=wmt14_translate/de-en`.
 """
 
 from transformer.config_files import load_config_file

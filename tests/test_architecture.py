@@ -29,7 +29,7 @@ LAYERS = (
                   "transformer.sample", "transformer.average", "transformer.benchmark",
                   "transformer.compile_benchmark", "transformer.decoding_benchmark",
                   "transformer.device_check", "transformer.nanogpt_benchmark",
-                  "transformer.data.benchmark"]),
+                  "transformer.data.benchmark", "transformer.data.prepare"]),
 )
 
 

@@ -192,8 +192,8 @@ class TfdsSource(PairSource):
       raise DataError(
           f"Cannot read split {split!r} of tfds dataset {name!r} (data_dir={data_dir}): {e}\n"
           f"Prepare it once in ArrayRecord format on a machine with internet (see docs/data.md):"
-          f"\n  tfds build {name.split('/')[0]} --config={name.split('/')[-1]} "
-          f"--file_format=array_record" + (f" --data_dir={data_dir}" if data_dir else "") +
+          f"\n  python -m transformer.data.prepare --tfds_name={name}"
+          + (f" --data_dir={data_dir}" if data_dir else "") +
           f"\nand check the split name (this dataset has: "
           f"{', '.join(builder.info.splits.keys()) or 'unknown until prepared'}).") from e
     self._src, self._tgt = config.source_lang, config.target_lang
