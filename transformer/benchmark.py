@@ -45,8 +45,12 @@ def benchmark_rows(config, num_devices: int) -> int:
   return max(num_devices, rows // num_devices * num_devices)
 
 
-def run(config, *, steps: int, warmup: int) -> dict:
-  """Compiles and times the train step; returns the figures."""
+def run(config, *, steps: int, warmup: int, per_step: bool = False) -> dict:
+  """Compiles and times the train step; returns the figures.
+
+  `per_step`: also time each step on its own (waiting for its result before the next starts)
+  into "step_times"; "step_s" is always the mean of the steps run back to back.
+  """
   mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
   validate_config(config, num_devices=num_devices, process_count=jax.process_count())
@@ -80,6 +84,11 @@ def run(config, *, steps: int, warmup: int) -> dict:
     state, metrics = compiled(state, batches[i % 2])
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - t0) / steps
+  step_times = []
+  for i in range(steps if per_step else 0):
+    t0 = time.perf_counter()
+    state, metrics = jax.block_until_ready(compiled(state, batches[i % 2]))
+    step_times.append(time.perf_counter() - t0)
 
   if model_config.architecture == "decoder_only":  # a language model reads one sequence
     tokens_per_step, shape = rows * length, f"{rows} rows x {length} tokens"
@@ -95,7 +104,8 @@ def run(config, *, steps: int, warmup: int) -> dict:
   return {
       "devices": sharding.describe(mesh), "params": count_params(abstract.params),
       "batch": shape,
-      "compile_s": compile_s, "step_s": step_s, "tokens_per_s": tokens_per_step / step_s,
+      "compile_s": compile_s, "step_s": step_s, "step_times": step_times,
+      "tokens_per_s": tokens_per_step / step_s,
       "tokens_per_s_per_device": tokens_per_step / step_s / num_devices,
       "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12,
       "mfu": flops / step_s / (peak * num_devices) if peak else None, "peak_text": peak_text,
