@@ -37,14 +37,16 @@ def causal_mask(length: int) -> Array:
   return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
 
 
-def attention_weights(query: Array, key: Array, mask: AttentionMask | Array | None) -> Array:
+def attention_weights(query: Array, key: Array, mask: AttentionMask | Array | None, *,
+                      key_layout: str = "bkhd") -> Array:
   """softmax(Q K^T / sqrt(d_k)) of eq. (1), in float32. [batch, heads, q_len, k_len].
 
   The products Q K^T accumulate and come out in float32 whatever the compute dtype, so bfloat16
-  inputs lose nothing in the logits or the softmax (transformer/precision.py).
+  inputs lose nothing in the logits or the softmax (transformer/precision.py). `key_layout` is
+  "bkhd" ([batch, k_len, heads, d_k]) or "bhkd", the decoding cache's heads-first layout.
   """
   depth = query.shape[-1]
-  logits = einsum_float32("bqhd,bkhd->bhqk", query, key)
+  logits = einsum_float32(f"bqhd,{key_layout}->bhqk", query, key)
   logits = logits / jnp.sqrt(jnp.float32(depth))
   if isinstance(mask, AttentionMask):
     mask = mask.dense()
@@ -99,15 +101,19 @@ class MultiHeadAttention(nn.Module):
         param_dtype=cfg.jnp_param_dtype, use_bias=cfg.attention_bias,
         kernel_init=nn.initializers.xavier_uniform())
     query = dense(name="query")(inputs_q)  # [batch, q_len, heads, d_k]
+    from_cache = False
     if cfg.decode and self.is_cross:
       key, value, mask = self._cached_cross_attention(dense, inputs_kv, mask)
+      from_cache = True
     else:
       key = dense(name="key")(inputs_kv)
       value = dense(name="value")(inputs_kv)
       if cfg.decode:
-        key, value, mask = self._append_to_cache(key, value, mask, cache_len)
+        key, value, mask, from_cache = self._append_to_cache(key, value, mask, cache_len)
 
-    if cfg.attention_dropout_rate > 0 and not cfg.deterministic:
+    if from_cache:  # a decoding step: keys and values [batch, heads, k_len, d], heads first
+      out = self._attend_cache(query, key, value, mask)
+    elif cfg.attention_dropout_rate > 0 and not cfg.deterministic:
       if cfg.attention_impl != "einsum":
         attention_kernels.announce(
             f"attention_dropout_rate={cfg.attention_dropout_rate} needs the attention weights: "
@@ -126,6 +132,22 @@ class MultiHeadAttention(nn.Module):
         cfg.d_model, axis=(-2, -1), dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
         use_bias=cfg.attention_bias, kernel_init=nn.initializers.xavier_uniform(),
         name="out")(out)
+
+  def _attend_cache(self, query: Array, key: Array, value: Array, mask) -> Array:
+    """Attention of one step's queries [rows, q_len, heads, d] to cached keys and values
+    [batch, heads, k_len, d]. Beam search keeps the source's keys once per sentence (rows =
+    batch x beams, decoding.beam_search's `source_only`): a sentence's beams then attend
+    together, as the q_len axis of one [beams, k_len] product per head, instead of each beam
+    reading its own copy."""
+    rows, q_len, heads, depth = query.shape
+    batch = key.shape[0]
+    query = query.reshape(batch, rows // batch * q_len, heads, depth)  # beams of a sentence
+    weights = attention_weights(query, key, mask, key_layout="bhkd")    # [batch, h, beams, k]
+    if self.is_mutable_collection("intermediates"):
+      self._sow_weights(weights.reshape(batch, heads, rows // batch, q_len, -1).transpose(
+          0, 2, 1, 3, 4).reshape(rows, heads, q_len, -1))
+    out = jnp.einsum("bhqk,bhkd->bqhd", weights.astype(value.dtype), value)
+    return out.reshape(rows, q_len, heads, depth)
 
   def _kernel(self, query: Array, key: Array, mask) -> str:
     """The kernel for this call: `config.attention_impl` where it can serve it (see
@@ -154,9 +176,9 @@ class MultiHeadAttention(nn.Module):
                        "transformer.model.init_decode_cache(...) before decode_step(...).")
     if initialized:
       key_fn = value_fn = mask_fn = None
-    else:
-      key_fn = lambda: dense(name="key")(inputs_kv)
-      value_fn = lambda: dense(name="value")(inputs_kv)
+    else:  # stored heads first, as each step's attention reads them (no transpose per step)
+      key_fn = lambda: _heads_first(dense(name="key")(inputs_kv))
+      value_fn = lambda: _heads_first(dense(name="value")(inputs_kv))
       mask_fn = lambda: mask
     key = self.variable("cache", "cross_key", key_fn)
     value = self.variable("cache", "cross_value", value_fn)
@@ -164,24 +186,34 @@ class MultiHeadAttention(nn.Module):
     return key.value, value.value, cached_mask.value
 
   def _append_to_cache(self, key, value, mask, cache_len):
-    """Self-attention decoding: write this step's key and value at the cache index."""
+    """Self-attention decoding: write this step's key and value at the cache index.
+
+    The cache is [batch, heads, cache_len, d], heads first, the layout the step's attention
+    reads, so no step copies it into another. Returns (key, value, mask, from_cache)."""
     initialized = self.has_variable("cache", "cached_key")
     batch, _, heads, depth = key.shape
     if not initialized and cache_len is None:
       raise ValueError("The decoding cache is empty: create it with "
                        "transformer.model.init_decode_cache(...) before decode_step(...).")
-    shape = (batch, cache_len or 0, heads, depth)
+    shape = (batch, heads, cache_len or 0, depth)
     cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
     index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if not initialized:  # The call that creates the cache: plain attention, nothing stored.
-      return key, value, mask
+      return key, value, mask, False
     if key.shape[1] != 1:
       raise ValueError(f"Cached decoding takes one token per step, got {key.shape[1]}.")
     i = index.value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, i, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, _heads_first(key),
+                                                    (0, 0, i, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, _heads_first(value),
+                                                      (0, 0, i, 0))
     index.value = i + 1
-    length = cached_key.value.shape[1]
+    length = cached_key.value.shape[2]
     step_mask = (jnp.arange(length) <= i)[None, None, None, :]  # [1, 1, 1, cache_len]
-    return cached_key.value, cached_value.value, step_mask
+    return cached_key.value, cached_value.value, step_mask, True
+
+
+def _heads_first(x: Array) -> Array:
+  """[batch, length, heads, d] -> [batch, heads, length, d]."""
+  return jnp.swapaxes(x, 1, 2)

@@ -9,7 +9,8 @@ where `tokens` is int32 [N, 1] (the previous token; `BOS_ID` at the first step),
 except 0-d leaves (step counters), which are passed through untouched. Beam search expands a
 batch-B cache to B * beam rows itself and reorders the rows as beams are chosen; leaves that
 depend on the source sentence alone (the cross-attention keys and values) are equal on all of a
-sentence's beams, and `source_only(path)` can name them so they are not gathered at every step.
+sentence's beams, and `source_only(path)` can name them: they are then kept once per sentence,
+neither repeated per beam nor gathered at every step.
 
 Both run inside one `lax.while_loop` (no Python loop per step) and are jit-compatible with
 `tokens_to_logits` closed over:
@@ -129,9 +130,14 @@ def greedy_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size:
   return seqs
 
 
-def _repeat_rows(tree, times):
-  """[B, ...] -> [B * times, ...] (each row repeated `times` times); 0-d leaves unchanged."""
-  return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0) if jnp.ndim(x) else x, tree)
+def _repeat_rows(tree, times, source_only=None):
+  """[B, ...] -> [B * times, ...] (each row repeated `times` times); 0-d and `source_only`
+  leaves unchanged."""
+  def repeat(path, x):
+    if not jnp.ndim(x) or (source_only is not None and source_only(path)):
+      return x
+    return jnp.repeat(x, times, axis=0)
+  return jax.tree_util.tree_map_with_path(repeat, tree)
 
 
 def _take_rows(tree, rows, source_only=None):
@@ -177,8 +183,11 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
     max_lengths: optional int32 [B], a per-example limit (tokens, EOS included).
     eos_id, bos_id: the end token, and the token fed at the first step.
     source_only: optional predicate on a cache leaf's key path: True for leaves that are the same
-      on every beam of a sentence (computed from the source only), which are then not reordered.
-      A leaf that is named but does differ between beams gives wrong results.
+      on every beam of a sentence (computed from the source only). They stay [B, ...], once per
+      sentence, neither repeated per beam nor reordered, so `tokens_to_logits` must accept a
+      cache whose named leaves have B rows while its tokens have B * beam (the model's
+      cross-attention does: attention.MultiHeadAttention._attend_cache). A leaf that is named
+      but does differ between beams gives wrong results.
 
   Returns:
     sequences int32 [B, beam, max_decode_len] (no BOS, EOS included, PAD after) and scores
@@ -237,7 +246,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
   alive_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (K - 1), jnp.float32), (B, 1))
   state = (jnp.int32(0), jnp.zeros((B, K, L), jnp.int32), alive_lp,
            jnp.zeros((B, K, L), jnp.int32), jnp.full((B, K), NEG_INF, jnp.float32),
-           _repeat_rows(cache, K))
+           _repeat_rows(cache, K, source_only))
   _, _, _, finished_seqs, finished_scores, _ = lax.while_loop(cond, body, state)
   finished_seqs = jnp.where(finished_scores[:, :, None] == NEG_INF, PAD_ID, finished_seqs)
   return finished_seqs, finished_scores
