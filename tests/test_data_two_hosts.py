@@ -7,7 +7,6 @@ task's training data as train.py does.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from test_data_encoded_cache import data_dir, entries  # noqa: F401 (a fixture)
 from test_data_pipeline import make_config
+from test_training_distributed import free_port
 
 from transformer.data import pipeline
 from transformer.data.encoded_cache import ENCODED_DIR
@@ -41,15 +41,9 @@ SETTINGS = dict(batching="tokens", test_split="", eval_every_steps=0, vocab_size
                 tokenizer_model="unigram", tokenizer_sample_sentences=10_000, cache_encoded=True)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_process_0_trains_and_encodes_the_other_host_waits_and_reads(data_dir, tmp_path):  # noqa: F811
   workdir = str(tmp_path / "shared")
-  address = f"127.0.0.1:{_free_port()}"
+  address = f"127.0.0.1:{free_port()}"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
              PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.getcwd()]))
   env.pop("XLA_FLAGS", None)

@@ -64,7 +64,7 @@ def _assert_params_close(params, ref, name):
     np.testing.assert_allclose(params[key], ref[key], atol=1e-4, err_msg=f"{name} {key}")
 
 
-def _free_port():
+def free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
@@ -93,7 +93,7 @@ def test_eight_devices_data_parallel_and_fsdp_match_one_device(baseline, tmp_pat
 
 def test_two_processes_with_gloo_train_like_one(baseline, tmp_path):
   workdir = str(tmp_path / "two")
-  address = f"127.0.0.1:{_free_port()}"
+  address = f"127.0.0.1:{free_port()}"
   procs = [_start(workdir, "--num_cpu_devices=2", f"--coordinator_address={address}",
                   "--num_processes=2", f"--process_id={i}") for i in range(2)]
   for proc in procs:

@@ -48,8 +48,9 @@ def benchmark_rows(config, num_devices: int) -> int:
 def run(config, *, steps: int, warmup: int, per_step: bool = False) -> dict:
   """Compiles and times the train step; returns the figures.
 
-  `per_step`: also time each step on its own (waiting for its result before the next starts)
-  into "step_times"; "step_s" is always the mean of the steps run back to back.
+  "step_s" is the mean of `steps` steps run back to back; with `per_step` each step is timed on
+  its own instead (waiting for its result before the next starts) into "step_times", and
+  "step_s" is their mean.
   """
   mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
@@ -79,16 +80,19 @@ def run(config, *, steps: int, warmup: int, per_step: bool = False) -> dict:
   for i in range(warmup):
     state, metrics = compiled(state, batches[i % 2])
   jax.block_until_ready((state, metrics) if warmup else state)
-  t0 = time.perf_counter()
-  for i in range(steps):
-    state, metrics = compiled(state, batches[i % 2])
-  jax.block_until_ready((state, metrics))
-  step_s = (time.perf_counter() - t0) / steps
   step_times = []
-  for i in range(steps if per_step else 0):
+  if per_step:
+    for i in range(steps):
+      t0 = time.perf_counter()
+      state, metrics = jax.block_until_ready(compiled(state, batches[i % 2]))
+      step_times.append(time.perf_counter() - t0)
+    step_s = sum(step_times) / steps
+  else:
     t0 = time.perf_counter()
-    state, metrics = jax.block_until_ready(compiled(state, batches[i % 2]))
-    step_times.append(time.perf_counter() - t0)
+    for i in range(steps):
+      state, metrics = compiled(state, batches[i % 2])
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - t0) / steps
 
   if model_config.architecture == "decoder_only":  # a language model reads one sequence
     tokens_per_step, shape = rows * length, f"{rows} rows x {length} tokens"

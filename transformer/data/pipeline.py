@@ -138,6 +138,12 @@ def _check_config(config) -> None:
                      f"{', '.join(batching.OVERLONG)}.")
 
 
+def reads_whole_split(config, process_count: int) -> bool:
+  """Whether every host reads (and caches) the whole training split rather than its shard:
+  token-budget batching plans over the whole split, and one process has only the whole."""
+  return config.batching == "tokens" or process_count == 1
+
+
 def make_train_iterator(config, tok: Tokenizer, *, process_index: int = 0,
                         process_count: int = 1, row_multiple: int = 1,
                         cache_dir: str | None = None):
@@ -152,7 +158,7 @@ def make_train_iterator(config, tok: Tokenizer, *, process_index: int = 0,
   before with this source and tokenizer, and written there otherwise (encoded_cache.py).
   """
   _check_config(config)
-  whole = config.batching == "tokens" or process_count == 1
+  whole = reads_whole_split(config, process_count)
 
   def encode() -> batching.Examples:
     source = sources.open_source(config, config.train_split)

@@ -129,10 +129,10 @@ def _name_error(tfds, tfds_name: str, error: Exception) -> str:
   return f"--tfds_name={tfds_name!r}: {reason} Use NAME/CONFIG, e.g. {EXAMPLES}."
 
 
-def split_sizes(tfds_name: str, data_dir: str = "") -> dict[str, int]:
-  """{split: number of examples} of a prepared dataset, read as the pipeline reads it."""
+def split_sizes(builder, tfds_name: str, data_dir: str = "") -> dict[str, int]:
+  """{split: number of examples} of the prepared dataset of `builder`, each split read from disk
+  as the pipeline reads it."""
   tfds = _import_tfds()
-  builder = tfds.builder(tfds_name, data_dir=data_dir or None)
   return {split: len(tfds.data_source(tfds_name, split=split, data_dir=data_dir or None,
                                       download=False))
           for split in builder.info.splits.keys()}
@@ -296,7 +296,7 @@ def prepare(tfds_name: str, data_dir: str = "", download_dir: str = "", manual_d
                                    file_format="array_record")
     except _user_errors(tfds) as e:
       raise PrepareError(_download_message(builder, e, tfds_name, downloads, manual)) from e
-  sizes = split_sizes(tfds_name, data_dir)
+  sizes = split_sizes(builder, tfds_name, data_dir)
   languages = ", ".join(builder.info.features.languages)
   out(f"Prepared {name} ({languages}) at {builder.data_dir}. Splits as the pipeline reads them "
       f"(tfds.data_source):")

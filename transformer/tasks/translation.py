@@ -165,7 +165,8 @@ class TranslationTask(TaskBase):
     cache_dir = os.path.join(workdir, ENCODED_DIR) if config.get("cache_encoded", True) else None
     make_iterator = lambda: pipeline.make_train_iterator(
         config, tokenizer, row_multiple=row_multiple, cache_dir=cache_dir, **hosts)
-    shared_entry = cache_dir is not None and config.batching == "tokens"
+    shared_entry = cache_dir is not None and pipeline.reads_whole_split(
+        config, jax.process_count())
     train_iter = (process_0_first(make_iterator, "encoded training split") if shared_entry
                   else make_iterator())
     eval_batches = []
