@@ -250,14 +250,16 @@ def test_cache_is_threaded_and_reordered_with_the_beams():
     np.testing.assert_allclose(scores[example], [score for score, _ in expected], rtol=1e-5)
 
 
-def test_longer_beam_scores_match_the_uncached_model():
+@pytest.mark.parametrize("beam_size", [2, 3])
+def test_longer_beam_scores_match_the_uncached_model(beam_size):
   # Not exhaustive: each returned hypothesis's score must equal the uncached model's
   # log-prob of exactly that sequence, which fails if cache rows do not follow their beams.
+  # Beam 2 keeps 4 of the 5 tokens per beam before ranking the beam's 2 x 4 candidates.
   length_penalty, max_length = 0.6, 10
-  seqs, scores = beam_search(history_fn, history_cache(), batch_size=2, beam_size=3,
+  seqs, scores = beam_search(history_fn, history_cache(), batch_size=2, beam_size=beam_size,
                              length_penalty=length_penalty, max_decode_len=max_length)
   assert_well_formed(seqs)
-  for example, beam in itertools.product(range(2), range(3)):
+  for example, beam in itertools.product(range(2), range(beam_size)):
     seq = [int(t) for t in seqs[example, beam] if t != PAD_ID]
     prefix, log_prob = (BOS_ID,), 0.0
     for token in seq:
@@ -286,23 +288,27 @@ def test_jit_traces_the_step_once_and_matches_eager():
   traces = []
 
   def fn(tokens, cache):
-    traces.append(1)
+    traces.append(tokens.shape)
     return history_fn(tokens, cache)
 
   search = jax.jit(lambda cache, limits: beam_search(
       fn, cache, batch_size=2, beam_size=3, max_decode_len=12, max_lengths=limits))
   limits = jnp.array([12, 5], jnp.int32)
   seqs, scores = search(history_cache(), limits)
-  assert len(traces) == 1  # one trace of the step, not one per position
+  # Not one trace per position: the first step once per sentence (every beam would start from
+  # BOS with the same cache), then the loop's step on sentences x beams.
+  assert traces == [(2, 1), (6, 1)]
   eager_seqs, eager_scores = beam_search(history_fn, history_cache(), batch_size=2,
                                          beam_size=3, max_decode_len=12, max_lengths=limits)
   np.testing.assert_array_equal(seqs, eager_seqs)
   np.testing.assert_allclose(scores, eager_scores, rtol=1e-6)
   assert np.all(np.argmax(np.asarray(seqs[1]) == EOS_ID, axis=-1) < 5)
+  traces.clear()
   greedy = jax.jit(lambda cache: greedy_search(fn, cache, batch_size=2, max_decode_len=12))
   np.testing.assert_array_equal(greedy(history_cache()),
                                 greedy_search(history_fn, history_cache(), batch_size=2,
                                               max_decode_len=12))
+  assert traces == [(2, 1)]
 
 
 def test_bad_arguments_are_rejected():

@@ -1,5 +1,6 @@
 """Translation: cached = uncached decoding, batching keeps order, bad input, the CLI end to end."""
 
+import json
 import logging
 import os
 import subprocess
@@ -64,8 +65,8 @@ def _copy_decoder(calls):
   """A fake decode_batch that 'translates' a source into itself (to check the bookkeeping)."""
 
   def fake(params, inputs, max_lengths, *, config, beam_size, length_penalty, max_decode_len,
-           eos_id=EOS_ID):
-    del params, length_penalty, eos_id
+           eos_id=EOS_ID, mesh=None):
+    del params, length_penalty, eos_id, mesh
     inputs, max_lengths = np.asarray(inputs), np.asarray(max_lengths)
     calls.append((inputs.shape, max_decode_len, beam_size, inputs.copy(), max_lengths.copy()))
     out = np.zeros((inputs.shape[0], beam_size, max_decode_len), np.int32)
@@ -225,3 +226,41 @@ def test_an_unwritable_output_fails_before_any_model_loads(tmp_path, make_output
   assert result.stderr.strip().splitlines()[-1].startswith("Error: --output=")
   assert expected in result.stderr and "tokenizer" not in result.stderr
 
+
+
+def test_sentences_split_over_devices_translate_as_on_one(tmp_path):
+  # Three CPU devices (a fresh process: the count is fixed when JAX starts), 7 sentences: the
+  # batch of 8 rows is padded to 9, three per device; each device searches its share alone.
+  code = """
+import json, jax, numpy as np
+from transformer import cpu_devices
+cpu_devices.configure(3, lambda n: True)
+from transformer.config import EOS_ID, TransformerConfig
+from transformer.models import init_params
+from transformer.translator import Translator
+config = TransformerConfig(vocab_size=40, d_model=32, d_ff=64, num_heads=2,
+                           num_encoder_layers=1, num_decoder_layers=1, max_length=16,
+                           dropout_rate=0.0, deterministic=True)
+params = init_params(config, jax.random.PRNGKey(0))
+rng = np.random.default_rng(0)
+sources = [list(rng.integers(4, 40, n)) + [EOS_ID] for n in (3, 9, 1, 14, 6, 6, 11)]
+sources = [[int(t) for t in s] for s in sources]
+out = {}
+for name, devices in (("three", jax.devices()), ("one", jax.devices()[:1])):
+  translator = Translator(config, params, None, max_extra=4, batch_size=8, devices=devices)
+  out[name] = {"devices": 1 if translator.mesh is None else translator.mesh.size,
+               "results": [translator.translate_ids(sources, beam_size=b) for b in (1, 3)]}
+print("RESULT " + json.dumps(out))
+"""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout.split("RESULT ", 1)[1])
+  assert out["three"]["devices"] == 3 and out["one"]["devices"] == 1
+  for three, one in zip(out["three"]["results"], out["one"]["results"]):
+    assert len(three) == len(one) == 7
+    for (hyps3, scores3), (hyps1, scores1) in zip(three, one):
+      assert hyps3 == hyps1 and hyps1
+      np.testing.assert_allclose(scores3, scores1, rtol=1e-5)

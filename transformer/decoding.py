@@ -75,11 +75,16 @@ def _limits(max_lengths, batch_size, max_decode_len):
   return jnp.clip(max_lengths, 1, max_decode_len)
 
 
-def _next_log_probs(logits, force_eos, eos_id):
-  """log_softmax in float32; rows with `force_eos` keep only EOS's log-prob."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  is_eos = jnp.arange(log_probs.shape[-1]) == eos_id
-  return jnp.where(force_eos[..., None] & ~is_eos, NEG_INF, log_probs)
+def _shifted_logits(logits, force_eos, eos_id):
+  """What log_softmax needs, without writing the [rows, vocab] log-probs: (`logits - max`
+  float32, with the rows of `force_eos` keeping only EOS (-inf elsewhere), and the log of the
+  softmax's denominator [..., 1]). A token's log-prob is its shifted logit minus the
+  denominator, the arithmetic of `jax.nn.log_softmax`; a forced EOS keeps its model log-prob."""
+  logits = logits.astype(jnp.float32)
+  shifted = logits - lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  log_denominator = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+  is_eos = jnp.arange(logits.shape[-1]) == eos_id
+  return jnp.where(force_eos[..., None] & ~is_eos, NEG_INF, shifted), log_denominator
 
 
 def _greedy(tokens_to_logits, cache, batch_size, max_decode_len, max_lengths, eos_id, bos_id):
@@ -94,9 +99,10 @@ def _greedy(tokens_to_logits, cache, batch_size, max_decode_len, max_lengths, eo
   def body(state):
     step, seqs, last, done, log_prob, length, cache = state
     logits, cache = tokens_to_logits(last[:, None], cache)
-    log_probs = _next_log_probs(logits, step + 1 >= limits, eos_id)  # [B, vocab]
-    token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
-    log_prob += jnp.where(done, 0.0, jnp.take_along_axis(log_probs, token[:, None], -1)[:, 0])
+    shifted, log_denominator = _shifted_logits(logits, step + 1 >= limits, eos_id)
+    token = jnp.argmax(shifted, axis=-1).astype(jnp.int32)
+    token_lp = jnp.take_along_axis(shifted, token[:, None], -1) - log_denominator  # [B, 1]
+    log_prob += jnp.where(done, 0.0, token_lp[:, 0])
     length += ~done
     token = jnp.where(done, PAD_ID, token)
     seqs = seqs.at[:, step].set(token)
@@ -204,6 +210,42 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
   B, K, L = batch_size, beam_size, max_decode_len
   limits = _limits(max_lengths, B, L)
 
+  def extend(step, alive_seqs, alive_lp, finished_seqs, finished_scores, logits):
+    """One step for [B, beams] alive hypotheses and their next-token `logits` [B, beams, vocab]:
+    the new alive set (K, with each one's parent beam) and finished set."""
+    beams, vocab = alive_seqs.shape[1], logits.shape[-1]
+    force_eos = jnp.broadcast_to((step + 1 >= limits)[:, None], (B, beams))
+    shifted, log_denominator = _shifted_logits(logits, force_eos, eos_id)
+    # The 2K best extensions of the whole beam are among the 2K best of each of its beams: the
+    # top_k runs per beam, and only over the kept ones the log-probs are formed and ranked.
+    # Ties keep the order of one top_k over all beams x vocab (lower beam, then lower token).
+    per_beam = min(2 * K, vocab)
+    best, tokens = lax.top_k(shifted, per_beam)  # [B, beams, per_beam]
+    candidates = (alive_lp[:, :, None] + (best - log_denominator)).reshape(B, beams * per_beam)
+    tokens = tokens.reshape(B, beams * per_beam)
+    if beams * per_beam < K:  # a vocabulary smaller than the beam: slots that stay empty
+      pad = K - beams * per_beam
+      candidates = jnp.pad(candidates, ((0, 0), (0, pad)), constant_values=NEG_INF)
+      tokens = jnp.pad(tokens, ((0, 0), (0, pad)), constant_values=PAD_ID)
+
+    # The 2K best extensions: [B, 2K] log-probs, parent beams, tokens, sequences.
+    top_lp, top_index = lax.top_k(candidates, min(2 * K, candidates.shape[1]))
+    parent = jnp.minimum(top_index // per_beam, beams - 1)
+    token = jnp.take_along_axis(tokens, top_index, axis=1)
+    top_seqs = jnp.take_along_axis(alive_seqs, parent[:, :, None], axis=1)
+    top_seqs = lax.dynamic_update_index_in_dim(top_seqs, token, step, axis=2)
+    ended = token == eos_id
+
+    # Alive: the K best that did not end.
+    alive_lp, alive_seqs, parent = _top(K, jnp.where(ended, NEG_INF, top_lp), top_seqs, parent)
+
+    # Finished: the K best of the old finished and the ones that ended now.
+    new_scores = jnp.where(ended, top_lp / length_normalizer(step + 1, length_penalty), NEG_INF)
+    finished_scores, finished_seqs = _top(
+        K, jnp.concatenate([finished_scores, new_scores], axis=1),
+        jnp.concatenate([finished_seqs, top_seqs], axis=1))
+    return alive_seqs, alive_lp, parent, finished_seqs, finished_scores
+
   def cond(state):
     step, _, alive_lp, _, finished_scores, _ = state
     # The best score an alive hypothesis can still reach; lp is monotonic in the length, so its
@@ -217,35 +259,22 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
 
   def body(state):
     step, alive_seqs, alive_lp, finished_seqs, finished_scores, cache = state
-    last = jnp.where(step == 0, bos_id, alive_seqs[:, :, jnp.maximum(step - 1, 0)])  # [B, K]
-    logits, cache = tokens_to_logits(last.reshape(B * K, 1), cache)
-    force_eos = jnp.broadcast_to((step + 1 >= limits)[:, None], (B, K))
-    log_probs = _next_log_probs(logits.reshape(B, K, -1), force_eos, eos_id)  # [B, K, vocab]
-    vocab = log_probs.shape[-1]
-    candidates = (alive_lp[:, :, None] + log_probs).reshape(B, K * vocab)
-
-    # The 2K best extensions: [B, 2K] log-probs, parent beams, tokens, sequences.
-    top_lp, top_index = lax.top_k(candidates, min(2 * K, K * vocab))
-    parent, token = top_index // vocab, top_index % vocab
-    top_seqs = jnp.take_along_axis(alive_seqs, parent[:, :, None], axis=1)
-    top_seqs = lax.dynamic_update_index_in_dim(top_seqs, token, step, axis=2)
-    ended = token == eos_id
-
-    # Alive: the K best that did not end; the cache rows follow their parents.
-    alive_lp, alive_seqs, parent = _top(K, jnp.where(ended, NEG_INF, top_lp), top_seqs, parent)
+    logits, cache = tokens_to_logits(alive_seqs[:, :, step - 1].reshape(B * K, 1), cache)
+    alive_seqs, alive_lp, parent, finished_seqs, finished_scores = extend(
+        step, alive_seqs, alive_lp, finished_seqs, finished_scores, logits.reshape(B, K, -1))
+    # The cache rows follow their parents.
     cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent).reshape(B * K), source_only)
-
-    # Finished: the K best of the old finished and the ones that ended now.
-    new_scores = jnp.where(ended, top_lp / length_normalizer(step + 1, length_penalty), NEG_INF)
-    finished_scores, finished_seqs = _top(
-        K, jnp.concatenate([finished_scores, new_scores], axis=1),
-        jnp.concatenate([finished_seqs, top_seqs], axis=1))
     return step + 1, alive_seqs, alive_lp, finished_seqs, finished_scores, cache
 
-  # Only beam 0 is alive at first, so the first step does not pick K copies of one token.
-  alive_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (K - 1), jnp.float32), (B, 1))
-  state = (jnp.int32(0), jnp.zeros((B, K, L), jnp.int32), alive_lp,
-           jnp.zeros((B, K, L), jnp.int32), jnp.full((B, K), NEG_INF, jnp.float32),
+  # The first step: every beam would start from BOS with the same cache, so it runs once per
+  # sentence, on the batch-B cache, and its K best continuations become the K beams (with
+  # copies of the cache). One hypothesis is alive before it: no K copies of one token.
+  logits, cache = tokens_to_logits(jnp.full((B, 1), bos_id, jnp.int32), cache)
+  alive_seqs, alive_lp, _, finished_seqs, finished_scores = extend(
+      jnp.int32(0), jnp.zeros((B, 1, L), jnp.int32), jnp.zeros((B, 1), jnp.float32),
+      jnp.zeros((B, K, L), jnp.int32), jnp.full((B, K), NEG_INF, jnp.float32),
+      logits.reshape(B, 1, -1))
+  state = (jnp.int32(1), alive_seqs, alive_lp, finished_seqs, finished_scores,
            _repeat_rows(cache, K, source_only))
   _, _, _, finished_seqs, finished_scores, _ = lax.while_loop(cond, body, state)
   finished_seqs = jnp.where(finished_scores[:, :, None] == NEG_INF, PAD_ID, finished_seqs)

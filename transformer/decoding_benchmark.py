@@ -32,7 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from transformer import cpu_devices
 from transformer.cli import fail
 from transformer.config import EOS_ID, PRESETS, TransformerConfig
 from transformer.config_files import load_config_file
@@ -40,7 +43,7 @@ from transformer.decoding import beam_search
 from transformer.model import Transformer
 from transformer.models import init_params
 from transformer.tasks import get_task
-from transformer.translator import decode_batch
+from transformer.translator import ROWS, decode_batch, rows_mesh
 
 NO_EOS = -1  # an id no token has: decoding never stops before max_decode_len
 
@@ -123,16 +126,25 @@ def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length:
   inputs = rng.integers(4, config.vocab_size, (batch_size, source_length)).astype(np.int32)
   inputs[:, -1] = EOS_ID
   max_lengths = np.full((batch_size,), output_length, np.int32)
+  # As the Translator runs it: the sentences split over this process's devices when it has
+  # several and the batch divides evenly (on a CPU host, one device per core: cpu_devices).
+  devices = jax.local_devices()
+  mesh = rows_mesh() if batch_size % len(devices) == 0 else None
+  if mesh is not None:
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    inputs, max_lengths = jax.device_put((inputs, max_lengths), NamedSharding(mesh, P(ROWS)))
   results = {"config": dataclasses.asdict(config), "batch_size": batch_size,
              "source_length": source_length, "output_length": output_length,
-             "device": f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind}) x1",
+             "device": f"{devices[0].platform} ({devices[0].device_kind}) "
+                       f"x{mesh.size if mesh is not None else 1}",
              "decoding": {}}
   for beam in beam_sizes:
     kwargs = dict(config=config, beam_size=beam, length_penalty=length_penalty,
                   max_decode_len=output_length, eos_id=NO_EOS)
     row = {}
+    cached = dict(kwargs, mesh=mesh)
     # The fastest call: on a shared machine the other processes only ever add time.
-    row["cached_times"] = _times(lambda: decode_batch(params, inputs, max_lengths, **kwargs),
+    row["cached_times"] = _times(lambda: decode_batch(params, inputs, max_lengths, **cached),
                                  repeats)
     seconds = row["cached_seconds"] = min(row["cached_times"])
     row["sentences_per_sec"] = batch_size / seconds
@@ -161,6 +173,9 @@ def define_flags() -> None:
   flags.DEFINE_list("beam_sizes", ["1", "4"], "Beam sizes (1 = greedy).")
   flags.DEFINE_integer("repeats", 5, "Timed calls, the fastest reported (at most 3 uncached).")
   flags.DEFINE_bool("uncached", True, "Also time uncached decoding (the speed-up).")
+  flags.DEFINE_string("cpu_devices", "auto",
+                      "On a CPU host: 'auto' (one JAX device per core, a batch's sentences "
+                      "split over them) or a number of devices; 1 = JAX's single device.")
 
 
 def main(argv):
@@ -168,6 +183,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
     config = load_model_config(FLAGS.config)
+    cpu_devices.configure(FLAGS.cpu_devices, lambda n: FLAGS.batch_size % n == 0)
   except ValueError as e:
     fail(e)
   r = benchmark(config, batch_size=FLAGS.batch_size, source_length=FLAGS.source_length,

@@ -19,7 +19,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from transformer import compilation_cache
+from transformer import compilation_cache, cpu_devices
 from transformer import workdir as workdir_lib
 from transformer.cli import fail
 from transformer.tasks import get_task
@@ -66,6 +66,9 @@ def define_flags() -> None:
   flags.DEFINE_float("length_penalty", None,
                      "Length penalty (default: the run config's, 0.6).")
   flags.DEFINE_integer("max_examples", 0, "Evaluate the first N pairs (0 = all).")
+  flags.DEFINE_string("cpu_devices", "auto",
+                      "On a CPU host: 'auto' (one JAX device per core, a batch's sentences "
+                      "split over them) or a number of devices; 1 = JAX's single device.")
   flags.DEFINE_integer("batch_size", None, "Sentences per batch (default eval_batch_size).")
   config_flags.DEFINE_config_file(
       "config", None, "Run config (default: WORKDIR/config.json, written by the trainer).")
@@ -87,6 +90,10 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
   logging.set_verbosity(logging.INFO)
+  try:  # before any JAX operation: the CPU backend reads it once
+    cpu_devices.configure(FLAGS.cpu_devices, lambda n: True)
+  except ValueError as e:
+    fail(e)
   compilation_cache.enable("auto")
   try:
     config = run_config(FLAGS.config, FLAGS.workdir)

@@ -20,7 +20,7 @@ import time
 
 from absl import app, flags, logging
 
-from transformer import compilation_cache
+from transformer import compilation_cache, cpu_devices
 from transformer.cli import fail, line_list
 from transformer.workdir import WorkdirError, translator_from_workdir
 
@@ -65,6 +65,9 @@ def define_flags() -> None:
   flags.DEFINE_float("length_penalty", None,
                      "Length penalty length_penalty (default: run config, 0.6).")
   flags.DEFINE_integer("batch_size", 64, "Sentences per batch.")
+  flags.DEFINE_string("cpu_devices", "auto",
+                      "On a CPU host: 'auto' (one JAX device per core, a batch's sentences "
+                      "split over them) or a number of devices; 1 = JAX's single device.")
   flags.DEFINE_integer("max_extra", None,
                                     "Output limit = input length + this (default: run config, 50).")
 
@@ -95,6 +98,10 @@ def main(argv):
   problem = output_problem(FLAGS.output) if FLAGS.output else None
   if problem:
     fail(problem)
+  try:  # before any JAX operation: the CPU backend reads it once
+    cpu_devices.configure(FLAGS.cpu_devices, lambda n: True)
+  except ValueError as e:
+    fail(e)
   compilation_cache.enable("auto")
   try:
     translator, info = translator_from_workdir(

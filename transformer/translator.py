@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from transformer.cli import line_list
 from transformer.config import EOS_ID, PAD_ID, TransformerConfig
@@ -62,24 +64,45 @@ def _rows_for(count: int, batch_size: int) -> int:
   return min(batch_size, 1 << max(0, (count - 1).bit_length()))
 
 
+ROWS = "rows"  # the mesh axis a batch's sentences are split along
+
+
+def rows_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
+  """The mesh decoding splits a batch's sentences over: this process's devices (all of its
+  local devices by default), or None for one device."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  return Mesh(np.array(devices), (ROWS,)) if len(devices) > 1 else None
+
+
 @functools.partial(jax.jit, static_argnames=("config", "beam_size", "length_penalty",
-                                             "max_decode_len", "eos_id"))
+                                             "max_decode_len", "eos_id", "mesh"))
 def decode_batch(params: Any, inputs: jax.Array, max_lengths: jax.Array, *,
                  config: TransformerConfig, beam_size: int, length_penalty: float,
-                 max_decode_len: int, eos_id: int = EOS_ID) -> tuple[jax.Array, jax.Array]:
+                 max_decode_len: int, eos_id: int = EOS_ID,
+                 mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
   """Encodes `inputs` int32 [B, S] once and searches: (sequences [B, beam, L], scores [B, beam]).
 
-  Compiled once per (shapes, config, beam_size, length_penalty, max_decode_len). Sequences carry
-  no BOS, end with EOS and are PAD after it; scores are log p / GNMT length penalty, best first.
+  Compiled once per (shapes, config, beam_size, length_penalty, max_decode_len, mesh). Sequences
+  carry no BOS, end with EOS and are PAD after it; scores are log p / GNMT length penalty, best
+  first. With a `mesh` (rows_mesh; B a multiple of its size) each device searches its share of
+  the sentences with the parameters replicated, as one program with no communication: the
+  sentences of a batch are independent, and each share stops when its own sentences are done.
   """
-  cache = init_decode_cache(config, params, inputs, max_decode_len)
+  def search(params, inputs, max_lengths):
+    cache = init_decode_cache(config, params, inputs, max_decode_len)
 
-  def tokens_to_logits(tokens, cache):
-    return decode_step(config, params, cache, tokens)
+    def tokens_to_logits(tokens, cache):
+      return decode_step(config, params, cache, tokens)
 
-  return beam_search(tokens_to_logits, cache, batch_size=inputs.shape[0], beam_size=beam_size,
-                     length_penalty=length_penalty, max_decode_len=max_decode_len,
-                     max_lengths=max_lengths, eos_id=eos_id, source_only=is_source_cache)
+    return beam_search(tokens_to_logits, cache, batch_size=inputs.shape[0], beam_size=beam_size,
+                       length_penalty=length_penalty, max_decode_len=max_decode_len,
+                       max_lengths=max_lengths, eos_id=eos_id, source_only=is_source_cache)
+
+  if mesh is None:
+    return search(params, inputs, max_lengths)
+  # check_vma=False: the search's loop carries start as constants and become per-device values.
+  return jax.shard_map(search, mesh=mesh, in_specs=(P(), P(ROWS), P(ROWS)), out_specs=P(ROWS),
+                       check_vma=False)(params, inputs, max_lengths)
 
 
 @dataclasses.dataclass
@@ -114,18 +137,23 @@ class Translator:
     max_extra: output limit = source tokens + max_extra (50 in the paper), at most max_length.
     batch_size: sentences per batch (each is beam_size rows of the search).
     buckets: source bucket lengths; default 8, 16, 32, ... up to max_length.
+    devices: the devices a batch's sentences are split over (`decode_batch`'s mesh), the
+      parameters replicated on each; default this process's local devices (on a CPU host, one
+      per core with `config.cpu_devices`: cpu_devices.py).
   """
 
   def __init__(self, config: TransformerConfig, params: Any, tokenizer, *, beam_size: int = 4,
                length_penalty: float = 0.6, max_extra: int = 50, batch_size: int = 64,
-               buckets: Sequence[int] | None = None):
+               buckets: Sequence[int] | None = None,
+               devices: Sequence[jax.Device] | None = None):
     for name, value in (("beam_size", beam_size), ("batch_size", batch_size)):
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer.")
     if not isinstance(max_extra, int) or max_extra < 0:
       raise ValueError(f"max_extra={max_extra!r} must be a non-negative integer.")
     self.config = config.replace(decode=False, deterministic=True)
-    self.params = _to_local(params)
+    self.mesh = rows_mesh(devices)
+    self.params = _to_local(params, self.mesh)
     self.tokenizer = tokenizer
     self.beam_size, self.length_penalty = beam_size, float(length_penalty)
     self.max_extra, self.batch_size = max_extra, batch_size
@@ -234,6 +262,8 @@ class Translator:
   def _search(self, bucket: int, sources: list[Sequence[int]], beam_size: int,
               length_penalty: float):
     rows = _rows_for(len(sources), self.batch_size)
+    if self.mesh is not None:  # an equal share per device
+      rows = -(-rows // self.mesh.size) * self.mesh.size
     inputs = np.full((rows, bucket), PAD_ID, np.int32)
     inputs[:, 0] = EOS_ID  # filler rows: an empty source, limit 1 -> they end at once
     max_lengths = np.ones((rows,), np.int32)
@@ -242,9 +272,12 @@ class Translator:
       inputs[r, :len(ids)] = ids
       max_lengths[r] = len(ids) + self.max_extra
     max_decode_len = min(bucket + self.max_extra, self.config.max_length)
+    if self.mesh is not None:
+      inputs, max_lengths = jax.device_put((inputs, max_lengths),
+                                           NamedSharding(self.mesh, P(ROWS)))
     seqs, scores = decode_batch(self.params, inputs, max_lengths, config=self.config,
                                 beam_size=beam_size, length_penalty=length_penalty,
-                                max_decode_len=max_decode_len)
+                                max_decode_len=max_decode_len, mesh=self.mesh)
     seqs, scores = jax.device_get((seqs, scores))
     out = []
     for r in range(len(sources)):
@@ -259,10 +292,13 @@ class Translator:
     return out
 
 
-def _to_local(params: Any) -> Any:
-  """Parameters usable by this process's jit: gathered if they span several hosts."""
+def _to_local(params: Any, mesh: Mesh | None) -> Any:
+  """Parameters usable by this process's jit: gathered if they span several hosts, then
+  replicated on `mesh` (a no-op for parameters already replicated there)."""
   leaves = jax.tree.leaves(params)
   if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), params)
+    params = jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), params)
+  if mesh is not None:
+    return jax.device_put(params, NamedSharding(mesh, P()))
   return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)

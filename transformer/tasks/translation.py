@@ -23,7 +23,6 @@ from transformer.data import pipeline, sources
 from transformer.data.batching import BATCHINGS
 from transformer.data.encoded_cache import ENCODED_DIR
 from transformer.data.pipeline import TOKEN_BUDGETS
-from transformer.models import on_one_device
 from transformer.scores import score_translations
 from transformer.tasks.base import TaskBase, TrainingData, require_int
 from transformer.translator import Translator
@@ -70,7 +69,7 @@ def translate_split(config, workdir: str, split: str, *, params, model_config, t
   beam_size = int(config.get("beam_size", 4) if beam_size is None else beam_size)
   length_penalty = float(config.get("length_penalty", 0.6) if length_penalty is None
                          else length_penalty)
-  translator = Translator(model_config, on_one_device(params), tokenizer, beam_size=beam_size,
+  translator = Translator(model_config, params, tokenizer, beam_size=beam_size,
                           length_penalty=length_penalty,
                           max_extra=int(config.get("max_decode_extra", 50)),
                           batch_size=int(batch_size or config.get("eval_batch_size", 64)))
