@@ -1,8 +1,10 @@
 """The SentencePiece tokenizer: special ids, round trip, saved atomically and reused."""
 
+import io
 import os
 
 import ml_collections
+import sentencepiece as spm
 import numpy as np
 import pytest
 
@@ -36,6 +38,42 @@ def test_round_trip_without_bos_or_eos(tok):
     assert tok.decode(ids) == text
   assert tok.encode_batch(["the cat", "der Hund"]) == [tok.encode("the cat"),
                                                        tok.encode("der Hund")]
+
+
+# Spaces and what SentencePiece's nmt_nfkc normalization turns into spaces or drops: runs of
+# spaces, leading and trailing ones, tabs, a no-break space, an ideographic space, a
+# diaeresis (NFKC: space + combining mark), a control character, "▁" typed in, combining marks,
+# characters the vocabulary lacks, empty texts.
+AWKWARD = ["", " ", "  the  cat ", "the\tcat", "der\u00a0Hund", "zwei\u3000Katzen", "a\u00a8b",
+           "x \u00a8 y", "fields\x1cnear", "\u2581the \u2581 cat", "u\u0308ber die", "☃ 日本 🙂",
+           "the cat\n", "\u2002der Hund\u2003"]
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_encode_flat_is_encode_of_every_text(model_type):
+  tok = tokenizer_lib.train_tokenizer(corpus(), vocab_size=80, model_type=model_type)
+  assert tok.word_wise  # our models never put a piece across a space
+  texts = corpus(300, seed=2) + AWKWARD
+  expected = [tok.encode(t) for t in texts]
+  for _ in range(2):  # the second time every word comes from the cache
+    flat, counts = tok.encode_flat(texts)
+    assert counts.tolist() == [len(ids) for ids in expected]
+    assert flat.dtype == np.int32 and flat.tolist() == [i for ids in expected for i in ids]
+  assert [len(a) for a in (*tok.encode_flat([]),)] == [0, 0]
+
+
+def test_a_model_whose_pieces_span_spaces_is_encoded_text_by_text():
+  # No dummy prefix: the first word has no "▁", so words alone would be encoded differently.
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(corpus()), model_writer=model, vocab_size=80, pad_id=PAD_ID,
+      eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, add_dummy_prefix=False, minloglevel=2)
+  tok = tokenizer_lib.Tokenizer(model.getvalue())
+  assert not tok.word_wise
+  texts = corpus(50, seed=3) + AWKWARD
+  flat, counts = tok.encode_flat(texts)
+  assert flat.tolist() == [i for t in texts for i in tok.encode(t)]
+  assert counts.tolist() == [len(tok.encode(t)) for t in texts]
 
 
 def test_decode_stops_at_eos_and_ignores_pad(tok):

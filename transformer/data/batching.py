@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 from typing import Any, Sequence
 
 import grain
@@ -71,14 +70,12 @@ class Examples:
 def _encode_flat(tok, texts: list[str], chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
   """All of `texts`' ids end to end ([total] int32) and each text's number of ids ([n] int64).
 
-  `chunk` texts at a time, so that only one chunk's ids are ever Python lists."""
+  `chunk` texts at a time (`encode_flat`), so that only one chunk's ids are ever Python lists."""
   flats, lengths = [], []
   threads = usable_cores()
   for begin in range(0, len(texts), chunk):
-    seqs = tok.encode_batch(texts[begin:begin + chunk], num_threads=threads)
-    n = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-    flats.append(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32,
-                             count=int(n.sum())))
+    flat, n = tok.encode_flat(texts[begin:begin + chunk], num_threads=threads)
+    flats.append(flat)
     lengths.append(n)
   if not flats:
     return np.zeros(0, np.int32), np.zeros(0, np.int64)

@@ -6,6 +6,12 @@ WORKDIR/tokenizer.model and reused on resume and by translation. Sampling keeps 
 tokenizer on WMT-sized text to minutes. `Tokenizer.encode` adds neither BOS nor EOS; the batching
 code appends EOS.
 
+Large splits are encoded with `Tokenizer.encode_flat`: SentencePiece cuts a text at every space
+and no piece of our models spans one, so a text's ids are its space-separated words' ids end to
+end, and each distinct word is encoded once (a cache, as Hugging Face's tokenizers keep for
+BPE). The result is `encode`'s, id for id; a model whose pieces could span a space (user-made
+pieces with an inner "▁", no dummy prefix, whitespace kept as is) is encoded text by text.
+
 `CharacterTokenizer` is the language model's alternative (nanoGPT's shakespeare_char): the same
 four special ids first, then one id per distinct character of the training text, saved as
 WORKDIR/characters.json. `load_workdir_tokenizer(workdir)` reads whichever of the two a workdir
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import time
@@ -28,6 +35,8 @@ from absl import logging
 
 from transformer.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
+WORD_CACHE_LIMIT = 1 << 21  # distinct words kept (about 300 MB at most); then it starts again
+
 TOKENIZER_FILENAME = "tokenizer.model"
 CHARACTERS_FILENAME = "characters.json"
 MODEL_TYPES = ("unigram", "bpe")
@@ -39,6 +48,8 @@ class Tokenizer:
   def __init__(self, model_proto: bytes, path: str = ""):
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.path = path
+    self.word_wise = _splits_at_spaces(model_proto)
+    self._words: dict[str, tuple[int, ...]] = {}
     expected = {"pad": PAD_ID, "eos": EOS_ID, "bos": BOS_ID, "unk": UNK_ID}
     actual = {"pad": self._sp.pad_id(), "eos": self._sp.eos_id(), "bos": self._sp.bos_id(),
               "unk": self._sp.unk_id()}
@@ -55,6 +66,33 @@ class Tokenizer:
 
   def encode_batch(self, texts: Sequence[str], num_threads: int = 2) -> list[list[int]]:
     return self._sp.encode(list(texts), num_threads=num_threads)
+
+  def encode_flat(self, texts: Sequence[str], num_threads: int = 2
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """`encode` of every text: (all ids end to end [total] int32, each text's count [n] int64).
+
+    Word by word where the model allows it (`word_wise`, module docstring): the texts' words
+    are looked up in a cache and only words not seen before go to SentencePiece (on
+    `num_threads` threads); otherwise text by text."""
+    if not self.word_wise:
+      seqs = self.encode_batch(texts, num_threads=num_threads)
+      counts = np.fromiter(map(len, seqs), np.int64, len(seqs))
+      return (np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(counts.sum())),
+              counts)
+    if not texts:
+      return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    words = " ".join(texts).split(" ")  # each text's words in order, texts end to end
+    if len(self._words) > WORD_CACHE_LIMIT:
+      self._words.clear()
+    new = [w for w in dict.fromkeys(words) if w not in self._words]
+    if new:
+      self._words.update(zip(new, map(tuple, self._sp.encode(new, num_threads=num_threads))))
+    seqs = list(map(self._words.__getitem__, words))
+    per_word = np.fromiter(map(len, seqs), np.int64, len(seqs))
+    flat = np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(per_word.sum()))
+    words_per_text = np.fromiter((t.count(" ") + 1 for t in texts), np.int64, len(texts))
+    first_word = np.cumsum(words_per_text) - words_per_text
+    return flat, np.add.reduceat(per_word, first_word)
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids` up to the first EOS; PAD and BOS are ignored."""
@@ -77,6 +115,23 @@ class Tokenizer:
   def load(cls, path: str) -> "Tokenizer":
     with open(path, "rb") as f:
       return cls(f.read(), path)
+
+
+def _splits_at_spaces(model_proto: bytes) -> bool:
+  """Whether this SentencePiece model encodes a text as its space-separated words, each alone:
+  every word gets the "▁" prefix (add_dummy_prefix), runs of spaces count as one
+  (remove_extra_whitespaces) and no piece holds a "▁" after its first character, so none spans
+  a space. Our models are trained so (split_by_whitespace, SentencePiece's default)."""
+  try:
+    from sentencepiece import sentencepiece_model_pb2  # needs protobuf
+  except ImportError:
+    return False
+  model = sentencepiece_model_pb2.ModelProto()
+  model.ParseFromString(model_proto)
+  norm = model.normalizer_spec
+  return (norm.add_dummy_prefix and norm.remove_extra_whitespaces
+          and not model.trainer_spec.treat_whitespace_as_suffix
+          and not any("\u2581" in piece.piece[1:] for piece in model.pieces))
 
 
 def train_tokenizer(sentences: Sequence[str], *, vocab_size: int, model_type: str = "unigram",
@@ -190,6 +245,12 @@ class CharacterTokenizer:
   def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
     del num_threads  # the same signature as Tokenizer.encode_batch
     return [self.encode(t) for t in texts]
+
+  def encode_flat(self, texts: Sequence[str], num_threads: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenizer.encode_flat's result: all ids end to end, each text's count (its length)."""
+    del num_threads
+    return self.encode_array("".join(texts)), np.fromiter(map(len, texts), np.int64, len(texts))
 
   def decode(self, ids: Iterable[int]) -> str:
     """The text of `ids`; PAD, EOS and BOS are skipped, UNK (or an unknown id) is U+FFFD."""
