@@ -4,9 +4,9 @@ import io
 import os
 
 import ml_collections
-import sentencepiece as spm
 import numpy as np
 import pytest
+import sentencepiece as spm
 
 from transformer.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from transformer.data import pipeline

@@ -31,6 +31,7 @@ from absl import logging
 
 from transformer.config import EOS_ID, PAD_ID
 from transformer.cpu_devices import usable_cores
+from transformer.data.ranges import concatenated_ranges
 
 BATCHINGS = ("padded", "tokens", "packed")
 OVERLONG = ("drop", "truncate")
@@ -82,12 +83,6 @@ def _encode_flat(tok, texts: list[str], chunk: int = 65536) -> tuple[np.ndarray,
   return np.concatenate(flats), np.concatenate(lengths)
 
 
-def _ranges(begin: np.ndarray, n: np.ndarray) -> np.ndarray:
-  """begin[0], ..., begin[0] + n[0] - 1, begin[1], ...: the ranges end to end, without a loop."""
-  start = np.cumsum(n) - n                  # where each range starts in the output
-  return np.arange(int(n.sum())) + np.repeat(begin - start, n)
-
-
 def _with_eos(flat: np.ndarray, lengths: np.ndarray, keep: np.ndarray,
               limit: int) -> tuple[np.ndarray, np.ndarray]:
   """The kept sequences, each cut to `limit` ids and ended with EOS: (flat ids, offsets)."""
@@ -96,7 +91,7 @@ def _with_eos(flat: np.ndarray, lengths: np.ndarray, keep: np.ndarray,
   offsets = np.zeros(len(n) + 1, np.int64)
   np.cumsum(n + 1, out=offsets[1:])
   out = np.empty(int(offsets[-1]), np.int32)
-  out[_ranges(offsets[:-1], n)] = flat[_ranges(begin, n)]
+  out[concatenated_ranges(offsets[:-1], n)] = flat[concatenated_ranges(begin, n)]
   out[offsets[1:] - 1] = EOS_ID
   return out, offsets
 
@@ -147,13 +142,13 @@ def _place(flat: np.ndarray, offsets: np.ndarray, examples: np.ndarray, rows: np
   n = offsets[examples + 1] - begin
   cells = np.arange(length) < np.bincount(rows, n, num_rows)[:, None]
   ids = np.full((num_rows, length), PAD_ID, np.int32)
-  ids[cells] = flat[_ranges(begin, n)]
+  ids[cells] = flat[concatenated_ranges(begin, n)]
   if segments is None:
     return ids
   seg = np.zeros((num_rows, length), np.int32)
   pos = np.zeros((num_rows, length), np.int32)
   seg[cells] = np.repeat(segments, n)
-  pos[cells] = _ranges(np.zeros_like(n), n)
+  pos[cells] = concatenated_ranges(np.zeros_like(n), n)
   return ids, seg, pos
 
 

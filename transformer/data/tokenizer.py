@@ -34,8 +34,9 @@ import sentencepiece as spm
 from absl import logging
 
 from transformer.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from transformer.data.ranges import concatenated_ranges
 
-WORD_CACHE_LIMIT = 1 << 21  # distinct words kept (about 300 MB at most); then it starts again
+WORD_CACHE_LIMIT = 1 << 21  # distinct words kept (about 250 MB at most); then it starts again
 
 TOKENIZER_FILENAME = "tokenizer.model"
 CHARACTERS_FILENAME = "characters.json"
@@ -49,7 +50,7 @@ class Tokenizer:
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.path = path
     self.word_wise = _splits_at_spaces(model_proto)
-    self._words: dict[str, tuple[int, ...]] = {}
+    self._forget_words()
     expected = {"pad": PAD_ID, "eos": EOS_ID, "bos": BOS_ID, "unk": UNK_ID}
     actual = {"pad": self._sp.pad_id(), "eos": self._sp.eos_id(), "bos": self._sp.bos_id(),
               "unk": self._sp.unk_id()}
@@ -71,9 +72,10 @@ class Tokenizer:
                   ) -> tuple[np.ndarray, np.ndarray]:
     """`encode` of every text: (all ids end to end [total] int32, each text's count [n] int64).
 
-    Word by word where the model allows it (`word_wise`, module docstring): the texts' words
-    are looked up in a cache and only words not seen before go to SentencePiece (on
-    `num_threads` threads); otherwise text by text."""
+    Word by word where the model allows it (`word_wise`, module docstring): each word is looked
+    up in a cache of the distinct words seen so far (their ids held end to end in one array), only
+    new words go to SentencePiece (on `num_threads` threads), and the texts' ids are gathered from
+    the cache in numpy; otherwise text by text."""
     if not self.word_wise:
       seqs = self.encode_batch(texts, num_threads=num_threads)
       counts = np.fromiter(map(len, seqs), np.int64, len(seqs))
@@ -82,17 +84,38 @@ class Tokenizer:
     if not texts:
       return np.zeros(0, np.int32), np.zeros(0, np.int64)
     words = " ".join(texts).split(" ")  # each text's words in order, texts end to end
-    if len(self._words) > WORD_CACHE_LIMIT:
-      self._words.clear()
-    new = [w for w in dict.fromkeys(words) if w not in self._words]
-    if new:
-      self._words.update(zip(new, map(tuple, self._sp.encode(new, num_threads=num_threads))))
-    seqs = list(map(self._words.__getitem__, words))
-    per_word = np.fromiter(map(len, seqs), np.int64, len(seqs))
-    flat = np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(per_word.sum()))
-    words_per_text = np.fromiter((t.count(" ") + 1 for t in texts), np.int64, len(texts))
-    first_word = np.cumsum(words_per_text) - words_per_text
-    return flat, np.add.reduceat(per_word, first_word)
+    if len(self._word_index) > WORD_CACHE_LIMIT:
+      self._forget_words()
+    index = self._word_index
+    word = np.fromiter(map(index.get, words, itertools.repeat(-1)), np.int64, len(words))
+    missing = np.flatnonzero(word < 0).tolist()
+    if missing:
+      unseen = [words[i] for i in missing]
+      self._learn_words(list(dict.fromkeys(unseen)), num_threads)
+      word[missing] = np.fromiter(map(index.__getitem__, unseen), np.int64, len(unseen))
+    per_word = self._word_len[word]
+    flat = self._word_ids[concatenated_ranges(self._word_start[word], per_word)]
+    words_per_text = np.fromiter(map(str.count, texts, itertools.repeat(" ")), np.int64,
+                                 len(texts)) + 1
+    return flat, np.add.reduceat(per_word, np.cumsum(words_per_text) - words_per_text)
+
+  def _learn_words(self, new: list[str], num_threads: int) -> None:
+    """Encodes words not in the cache and appends them to it."""
+    seqs = self._sp.encode(new, num_threads=num_threads)
+    lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
+    ids = np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(lengths.sum()))
+    self._word_start = np.concatenate(
+        [self._word_start, len(self._word_ids) + np.cumsum(lengths) - lengths])
+    self._word_len = np.concatenate([self._word_len, lengths])
+    self._word_ids = np.concatenate([self._word_ids, ids])
+    self._word_index.update(zip(new, range(len(self._word_index), len(self._word_index)
+                                           + len(new))))
+
+  def _forget_words(self) -> None:
+    self._word_index: dict[str, int] = {}  # word -> its row in the arrays below
+    self._word_start = np.zeros(0, np.int64)
+    self._word_len = np.zeros(0, np.int64)
+    self._word_ids = np.zeros(0, np.int32)
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids` up to the first EOS; PAD and BOS are ignored."""
