@@ -104,7 +104,7 @@ def main(argv):
   distributed = _DISTRIBUTED.value or bool(_COORDINATOR.value)
   try:  # before any JAX operation: the CPU backend reads it once
     cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n),
-                          multi_process=distributed)
+                          multi_process=distributed, d_model=config.model.d_model)
   except USER_ERRORS as e:
     fail(str(e))
   if distributed:

@@ -84,7 +84,8 @@ def measure_ours(s: dict) -> dict:
   from transformer.training.validation import trains_on
   config = run_config(s)
   if s["kind"] == "train":
-    cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n))
+    cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n),
+                          d_model=config.model.d_model)
     r = benchmark.run(config, steps=s["steps"], warmup=s["warmup"], per_step=True)
     times, where = r["step_times"], r["devices"]
   else:

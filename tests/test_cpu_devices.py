@@ -97,3 +97,18 @@ def test_auto_is_one_device_per_core_not_for_several_processes_and_not_after_jax
         print("ConfigError" if "before JAX starts its backends" in str(e) else e)
       """)
   assert out == ["None", str(cores), str(cores), "None", "ConfigError"]
+
+
+def test_auto_keeps_one_device_for_models_as_wide_as_the_base_model():
+  out = _python("""
+      import jax
+      from transformer import cpu_devices
+      print(cpu_devices.configure("auto", lambda n: True, d_model=512), jax.local_device_count())
+      """)
+  assert out == ["1", "1"]
+  out = _python("""
+      import jax
+      from transformer import cpu_devices
+      print(cpu_devices.configure(2, lambda n: True, d_model=512), jax.local_device_count())
+      """)
+  assert out == ["2", "2"]  # a number is the user's choice, whatever the width

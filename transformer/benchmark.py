@@ -122,7 +122,8 @@ def main(argv):
   del argv
   config = _CONFIG.value
   try:
-    cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n))
+    cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n),
+                          d_model=config.model.d_model)
     r = run(config, steps=_STEPS.value, warmup=_WARMUP.value)
   except ValueError as e:  # a config error (ConfigError): one line, as train.py does
     fail(str(e))

@@ -9,8 +9,9 @@ are averaged across the devices, and the same step runs 1.2-1.5x faster. The upd
 one (the mean over the whole batch), up to the order of floating-point sums.
 
 `config.cpu_devices`: "auto" (the default) is one device per usable core, at most
-`AUTO_MAX_DEVICES`, lowered until the config's batch splits evenly across them; a number sets
-that many; 1 is JAX's own single device. It only concerns the CPU backend: on a GPU or TPU the
+`AUTO_MAX_DEVICES`, lowered until the config's batch splits evenly across them, for models
+narrower than `AUTO_MIN_SINGLE_D_MODEL` (wider ones keep one device); a number sets that many;
+1 is JAX's own single device. It only concerns the CPU backend: on a GPU or TPU the
 accelerators are the devices and this setting changes nothing they run.
 """
 
@@ -26,6 +27,12 @@ from transformer.config import ConfigError
 # Measured on 2 cores only (docs/performance.md); the cap keeps large CPU hosts from splitting a
 # small batch into many tiny ones on the strength of that measurement alone.
 AUTO_MAX_DEVICES = 8
+# From this width on "auto" keeps one device for training. Measured on 2 cores
+# (docs/performance.md): d_model 128-256 trained 1.1-1.3x faster with one device per core; the
+# base model (d_model 512, 6+6 layers) ran 4.9 s a step on one device, 5.5 on two with data
+# parallelism and 5.6 with fsdp: its matmuls already keep both cores busy, and more devices
+# only add the gradient reduction and per-device copies of the elementwise work.
+AUTO_MIN_SINGLE_D_MODEL = 512
 FORCE_FLAG = "xla_force_host_platform_device_count"
 # The CPU client's thread pool runs every device's program and their operations' parallel work.
 # At its default size (one thread per core) two devices on two cores deadlocked in the gradient
@@ -77,7 +84,8 @@ def choose(setting, fits: Callable[[int], bool], cores: int) -> int:
   return 1
 
 
-def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = False) -> int | None:
+def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = False,
+              d_model: int | None = None) -> int | None:
   """Sets JAX's CPU device count from `config.cpu_devices`; returns it, or None where JAX keeps
   its own.
 
@@ -86,12 +94,16 @@ def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = Fal
   defers to a count already chosen (XLA_FLAGS' --xla_force_host_platform_device_count,
   jax_num_cpu_devices set in code, backends already running) and to multi-process runs, whose
   processes may share the cores; an explicit number that comes too late is a ConfigError.
+  `d_model`, the width of the model to train: from `AUTO_MIN_SINGLE_D_MODEL` on, "auto" is one
+  device.
   """
   setting = parse(setting)
   if setting == "auto" and (multi_process or FORCE_FLAG in os.environ.get("XLA_FLAGS", "")
                             or jax.config.jax_num_cpu_devices >= 0):
     return None
   cores = usable_cores()
+  if setting == "auto" and d_model is not None and d_model >= AUTO_MIN_SINGLE_D_MODEL:
+    cores = 1
   count = choose(setting, fits, cores)
   if count > 1 and not any(name in os.environ for name in THREAD_POOL_VARIABLES):
     os.environ[THREAD_POOL_VARIABLES[0]] = str(thread_pool_size(count, cores))
