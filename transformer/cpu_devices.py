@@ -21,6 +21,7 @@ import os
 from typing import Callable
 
 import jax
+from absl import flags
 
 from transformer.config import ConfigError
 
@@ -84,6 +85,14 @@ def choose(setting, fits: Callable[[int], bool], cores: int) -> int:
   return 1
 
 
+def define_decoding_flag() -> None:
+  """`--cpu_devices` of the commands that decode (translate, evaluate, the decoding benchmark):
+  their batches' sentences are split over the devices (translator.py)."""
+  flags.DEFINE_string("cpu_devices", "auto",
+                      "On a CPU host: 'auto' (one JAX device per core, a batch's sentences "
+                      "split over them) or a number of devices; 1 = JAX's single device.")
+
+
 def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = False,
               d_model: int | None = None) -> int | None:
   """Sets JAX's CPU device count from `config.cpu_devices`; returns it, or None where JAX keeps
@@ -102,9 +111,8 @@ def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = Fal
                             or jax.config.jax_num_cpu_devices >= 0):
     return None
   cores = usable_cores()
-  if setting == "auto" and d_model is not None and d_model >= AUTO_MIN_SINGLE_D_MODEL:
-    cores = 1
-  count = choose(setting, fits, cores)
+  wide = setting == "auto" and d_model is not None and d_model >= AUTO_MIN_SINGLE_D_MODEL
+  count = 1 if wide else choose(setting, fits, cores)
   if count > 1 and not any(name in os.environ for name in THREAD_POOL_VARIABLES):
     os.environ[THREAD_POOL_VARIABLES[0]] = str(thread_pool_size(count, cores))
   try:

@@ -32,8 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from jax import lax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from transformer import cpu_devices
 from transformer.cli import fail
@@ -43,7 +41,7 @@ from transformer.decoding import beam_search
 from transformer.model import Transformer
 from transformer.models import init_params
 from transformer.tasks import get_task
-from transformer.translator import ROWS, decode_batch, rows_mesh
+from transformer.translator import decode_batch, local_params, rows_mesh, split_rows
 
 NO_EOS = -1  # an id no token has: decoding never stops before max_decode_len
 
@@ -130,9 +128,8 @@ def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length:
   # several and the batch divides evenly (on a CPU host, one device per core: cpu_devices).
   devices = jax.local_devices()
   mesh = rows_mesh() if batch_size % len(devices) == 0 else None
-  if mesh is not None:
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    inputs, max_lengths = jax.device_put((inputs, max_lengths), NamedSharding(mesh, P(ROWS)))
+  params = local_params(params, mesh)
+  inputs, max_lengths = split_rows(mesh, inputs, max_lengths)
   results = {"config": dataclasses.asdict(config), "batch_size": batch_size,
              "source_length": source_length, "output_length": output_length,
              "device": f"{devices[0].platform} ({devices[0].device_kind}) "
@@ -173,9 +170,8 @@ def define_flags() -> None:
   flags.DEFINE_list("beam_sizes", ["1", "4"], "Beam sizes (1 = greedy).")
   flags.DEFINE_integer("repeats", 5, "Timed calls, the fastest reported (at most 3 uncached).")
   flags.DEFINE_bool("uncached", True, "Also time uncached decoding (the speed-up).")
-  flags.DEFINE_string("cpu_devices", "auto",
-                      "On a CPU host: 'auto' (one JAX device per core, a batch's sentences "
-                      "split over them) or a number of devices; 1 = JAX's single device.")
+  cpu_devices.define_decoding_flag()
+  flags.declare_key_flag("cpu_devices")  # listed by --help, as this module's own
 
 
 def main(argv):

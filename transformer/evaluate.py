@@ -66,9 +66,8 @@ def define_flags() -> None:
   flags.DEFINE_float("length_penalty", None,
                      "Length penalty (default: the run config's, 0.6).")
   flags.DEFINE_integer("max_examples", 0, "Evaluate the first N pairs (0 = all).")
-  flags.DEFINE_string("cpu_devices", "auto",
-                      "On a CPU host: 'auto' (one JAX device per core, a batch's sentences "
-                      "split over them) or a number of devices; 1 = JAX's single device.")
+  cpu_devices.define_decoding_flag()
+  flags.declare_key_flag("cpu_devices")  # listed by --help, as this module's own
   flags.DEFINE_integer("batch_size", None, "Sentences per batch (default eval_batch_size).")
   config_flags.DEFINE_config_file(
       "config", None, "Run config (default: WORKDIR/config.json, written by the trainer).")

@@ -65,9 +65,8 @@ def define_flags() -> None:
   flags.DEFINE_float("length_penalty", None,
                      "Length penalty length_penalty (default: run config, 0.6).")
   flags.DEFINE_integer("batch_size", 64, "Sentences per batch.")
-  flags.DEFINE_string("cpu_devices", "auto",
-                      "On a CPU host: 'auto' (one JAX device per core, a batch's sentences "
-                      "split over them) or a number of devices; 1 = JAX's single device.")
+  cpu_devices.define_decoding_flag()
+  flags.declare_key_flag("cpu_devices")  # listed by --help, as this module's own
   flags.DEFINE_integer("max_extra", None,
                                     "Output limit = input length + this (default: run config, 50).")
 

@@ -153,7 +153,7 @@ class Translator:
       raise ValueError(f"max_extra={max_extra!r} must be a non-negative integer.")
     self.config = config.replace(decode=False, deterministic=True)
     self.mesh = rows_mesh(devices)
-    self.params = _to_local(params, self.mesh)
+    self.params = local_params(params, self.mesh)
     self.tokenizer = tokenizer
     self.beam_size, self.length_penalty = beam_size, float(length_penalty)
     self.max_extra, self.batch_size = max_extra, batch_size
@@ -272,9 +272,7 @@ class Translator:
       inputs[r, :len(ids)] = ids
       max_lengths[r] = len(ids) + self.max_extra
     max_decode_len = min(bucket + self.max_extra, self.config.max_length)
-    if self.mesh is not None:
-      inputs, max_lengths = jax.device_put((inputs, max_lengths),
-                                           NamedSharding(self.mesh, P(ROWS)))
+    inputs, max_lengths = split_rows(self.mesh, inputs, max_lengths)
     seqs, scores = decode_batch(self.params, inputs, max_lengths, config=self.config,
                                 beam_size=beam_size, length_penalty=length_penalty,
                                 max_decode_len=max_decode_len, mesh=self.mesh)
@@ -292,7 +290,13 @@ class Translator:
     return out
 
 
-def _to_local(params: Any, mesh: Mesh | None) -> Any:
+def split_rows(mesh: Mesh | None, *arrays):
+  """`arrays` (batch first) split by rows over `mesh`, as `decode_batch` takes them; as they are
+  without a mesh."""
+  return jax.device_put(arrays, NamedSharding(mesh, P(ROWS))) if mesh is not None else arrays
+
+
+def local_params(params: Any, mesh: Mesh | None) -> Any:
   """Parameters usable by this process's jit: gathered if they span several hosts, then
   replicated on `mesh` (a no-op for parameters already replicated there)."""
   leaves = jax.tree.leaves(params)

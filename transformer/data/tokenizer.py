@@ -77,10 +77,7 @@ class Tokenizer:
     new words go to SentencePiece (on `num_threads` threads), and the texts' ids are gathered from
     the cache in numpy; otherwise text by text."""
     if not self.word_wise:
-      seqs = self.encode_batch(texts, num_threads=num_threads)
-      counts = np.fromiter(map(len, seqs), np.int64, len(seqs))
-      return (np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(counts.sum())),
-              counts)
+      return _flatten(self.encode_batch(texts, num_threads=num_threads))
     if not texts:
       return np.zeros(0, np.int32), np.zeros(0, np.int64)
     words = " ".join(texts).split(" ")  # each text's words in order, texts end to end
@@ -101,9 +98,7 @@ class Tokenizer:
 
   def _learn_words(self, new: list[str], num_threads: int) -> None:
     """Encodes words not in the cache and appends them to it."""
-    seqs = self._sp.encode(new, num_threads=num_threads)
-    lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
-    ids = np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(lengths.sum()))
+    ids, lengths = _flatten(self._sp.encode(new, num_threads=num_threads))
     self._word_start = np.concatenate(
         [self._word_start, len(self._word_ids) + np.cumsum(lengths) - lengths])
     self._word_len = np.concatenate([self._word_len, lengths])
@@ -138,6 +133,12 @@ class Tokenizer:
   def load(cls, path: str) -> "Tokenizer":
     with open(path, "rb") as f:
       return cls(f.read(), path)
+
+
+def _flatten(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+  """Lists of ids as (all ids end to end [total] int32, each list's length [n] int64)."""
+  lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
+  return np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(lengths.sum())), lengths
 
 
 def _splits_at_spaces(model_proto: bytes) -> bool:
