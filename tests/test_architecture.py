@@ -12,7 +12,7 @@ PACKAGE_DIR = os.path.dirname(transformer.__file__)
 LAYERS = (
     ("foundation", ["transformer", "transformer.config", "transformer.config_files",
                     "transformer.precision", "transformer.cli", "transformer.compilation_cache",
-                    "transformer.cpu_devices",
+                    "transformer.cpu_devices", "transformer.cpu_memory",
                     "transformer.checkpoint_integrity", "transformer.plotting"]),
     ("model", ["transformer.attention_kernels", "transformer.attention", "transformer.layers",
                "transformer.model", "transformer.decoder_only", "transformer.models"]),

@@ -23,6 +23,7 @@ from typing import Callable
 import jax
 from absl import flags
 
+from transformer import cpu_memory
 from transformer.config import ConfigError
 
 # Measured on 2 cores only (docs/performance.md); the cap keeps large CPU hosts from splitting a
@@ -104,9 +105,11 @@ def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = Fal
   jax_num_cpu_devices set in code, backends already running) and to multi-process runs, whose
   processes may share the cores; an explicit number that comes too late is a ConfigError.
   `d_model`, the width of the model to train: from `AUTO_MIN_SINGLE_D_MODEL` on, "auto" is one
-  device.
+  device. It also keeps the memory the CPU programs free for their next run
+  (`cpu_memory.keep_freed_memory`).
   """
   setting = parse(setting)
+  cpu_memory.keep_freed_memory()
   if setting == "auto" and (multi_process or FORCE_FLAG in os.environ.get("XLA_FLAGS", "")
                             or jax.config.jax_num_cpu_devices >= 0):
     return None
