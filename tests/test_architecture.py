@@ -18,7 +18,7 @@ LAYERS = (
                "transformer.model", "transformer.decoder_only", "transformer.models"]),
     ("data and decoding", ["transformer.data", "transformer.data.batching",
                            "transformer.data.encoded_cache", "transformer.data.lm_data",
-                           "transformer.data.number_task",
+                           "transformer.data.number_task", "transformer.data.parallel_encoding",
                            "transformer.data.pipeline", "transformer.data.ranges",
                            "transformer.data.sources",
                            "transformer.data.tokenizer", "transformer.decoding",

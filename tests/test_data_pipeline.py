@@ -331,6 +331,19 @@ def test_eval_batches_on_two_hosts(data_dir, tok):
   assert sorted(sources) == sorted(expected)
 
 
+@pytest.mark.parametrize("limit", [3, 9])  # 9: nothing is cut (the whole-array path)
+def test_with_eos_is_each_kept_sequence_cut_then_eos(limit):
+  rng = np.random.default_rng(limit)
+  lengths = rng.integers(0, 10, size=200)
+  flat = rng.integers(4, 100, size=int(lengths.sum())).astype(np.int32)
+  seqs = np.split(flat, np.cumsum(lengths)[:-1])
+  for keep in (np.ones(200, bool), rng.random(200) < 0.7):
+    ids, offsets = batching._with_eos(flat, lengths, keep, limit)  # pylint: disable=protected-access
+    expected = [list(seq[:limit]) + [EOS_ID] for seq, k in zip(seqs, keep) if k]
+    assert ids.dtype == np.int32 and offsets.dtype == np.int64
+    assert [list(ids[a:b]) for a, b in zip(offsets[:-1], offsets[1:])] == expected
+
+
 def test_overlong_and_empty_pairs_are_counted(data_dir, tok, tmp_path, caplog):
   (tmp_path / "train.en").write_text("a cat\n\nthe dog ran\n" + "big " * 40 + "\n")
   (tmp_path / "train.de").write_text("die Katze\nder Hund\n\nalt\n")

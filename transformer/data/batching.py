@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from transformer.config import EOS_ID, PAD_ID
-from transformer.cpu_devices import usable_cores
+from transformer.data import parallel_encoding
 from transformer.data.ranges import concatenated_ranges
 
 BATCHINGS = ("padded", "tokens", "packed")
@@ -68,28 +68,16 @@ class Examples:
     return self.tgt[self.tgt_off[i]:self.tgt_off[i + 1]]
 
 
-def _encode_flat(tok, texts: list[str], chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-  """All of `texts`' ids end to end ([total] int32) and each text's number of ids ([n] int64).
-
-  `chunk` texts at a time (`encode_flat`), so that only one chunk's ids are ever Python lists."""
-  flats, lengths = [], []
-  threads = usable_cores()
-  for begin in range(0, len(texts), chunk):
-    flat, n = tok.encode_flat(texts[begin:begin + chunk], num_threads=threads)
-    flats.append(flat)
-    lengths.append(n)
-  if not flats:
-    return np.zeros(0, np.int32), np.zeros(0, np.int64)
-  return np.concatenate(flats), np.concatenate(lengths)
-
-
 def _with_eos(flat: np.ndarray, lengths: np.ndarray, keep: np.ndarray,
               limit: int) -> tuple[np.ndarray, np.ndarray]:
   """The kept sequences, each cut to `limit` ids and ended with EOS: (flat ids, offsets)."""
-  begin = (np.cumsum(lengths) - lengths)[keep]
   n = np.minimum(lengths[keep], limit)
   offsets = np.zeros(len(n) + 1, np.int64)
   np.cumsum(n + 1, out=offsets[1:])
+  if not (lengths[keep] > limit).any():  # nothing cut: the kept ids with an EOS after each
+    kept_ids = flat if keep.all() else flat[np.repeat(keep, lengths)]
+    return np.insert(kept_ids, offsets[1:] - np.arange(1, len(n) + 1), EOS_ID), offsets
+  begin = (np.cumsum(lengths) - lengths)[keep]
   out = np.empty(int(offsets[-1]), np.int32)
   out[concatenated_ranges(offsets[:-1], n)] = flat[concatenated_ranges(begin, n)]
   out[offsets[1:] - 1] = EOS_ID
@@ -101,19 +89,17 @@ def encode_examples(pairs: Sequence[tuple[str, str]], tok, *, max_length: int,
                     what: str = "") -> Examples:
   """Tokenizes pairs, appends EOS, skips empty pairs and drops or truncates overlong ones.
 
-  Every skipped, dropped or truncated pair is counted in one log line. SentencePiece encodes on
-  every usable core; the rest is numpy over all pairs at once.
+  Every skipped, dropped or truncated pair is counted in one log line. Large splits are tokenized
+  on every usable core (parallel_encoding.py); the rest is numpy over all pairs at once.
   """
   if overlong not in OVERLONG:
     raise ValueError(f"config.overlong={overlong!r} is unknown; allowed: {', '.join(OVERLONG)}.")
   if max_length < 2:
     raise ValueError(f"config.max_length={max_length} must be at least 2 (a token and EOS).")
-  kept = pairs if keep_empty else [p for p in pairs if p[0].strip() and p[1].strip()]
-  num_empty = len(pairs) - len(kept)
-  src, src_len = _encode_flat(tok, [p[0] for p in kept])
-  tgt, tgt_len = _encode_flat(tok, [p[1] for p in kept])
+  src, src_len, tgt, tgt_len, num_empty = parallel_encoding.encode_pairs(
+      tok, pairs, keep_empty=keep_empty)
   long = (src_len >= max_length) | (tgt_len >= max_length)    # EOS makes each one longer
-  keep = ~long if overlong == "drop" else np.ones(len(kept), bool)
+  keep = ~long if overlong == "drop" else np.ones(len(src_len), bool)
   src, src_off = _with_eos(src, src_len, keep, max_length - 1)
   tgt, tgt_off = _with_eos(tgt, tgt_len, keep, max_length - 1)
   verb = "dropped" if overlong == "drop" else "truncated"
