@@ -1,13 +1,10 @@
 """parallel_encoding: pairs tokenized in parts on several processes give the one-process ids."""
 
-import os
-
 import numpy as np
 import pytest
-from absl.testing import absltest
 from test_data_tokenizer import AWKWARD, corpus
 
-from transformer.data import parallel_encoding
+from transformer.data import forked_parts, parallel_encoding
 from transformer.data import tokenizer as tokenizer_lib
 
 fork_only = pytest.mark.skipif(
@@ -51,34 +48,7 @@ def test_parts_on_worker_processes_join_to_the_one_process_ids(tok, monkeypatch,
 
 
 def test_small_splits_stay_in_this_process(tok, monkeypatch):
-  monkeypatch.setattr(parallel_encoding.multiprocessing, "get_context", None)  # would fail
+  monkeypatch.setattr(forked_parts.multiprocessing, "get_context", None)  # would fail
   pairs = _pairs()
   _assert_encodes(parallel_encoding.encode_pairs(tok, pairs, processes=4), tok, pairs)
   assert parallel_encoding.encode_pairs(tok, [], processes=4).src.shape == (0,)
-
-
-class _FailingInChildren:
-  """A tokenizer whose encode_flat raises, or kills its process, outside the parent."""
-
-  def __init__(self, tok, how: str):
-    self.tok, self.how, self.parent = tok, how, os.getpid()
-
-  def encode_flat(self, texts, num_threads=1):
-    if os.getpid() != self.parent:
-      if self.how == "exit":
-        os._exit(3)
-      raise RuntimeError("no more memory in the child")
-    return self.tok.encode_flat(texts, num_threads=num_threads)
-
-
-@fork_only
-@pytest.mark.parametrize("how", ["raise", "exit"])
-def test_a_failed_child_s_part_is_encoded_here_with_a_warning(tok, how):
-  pairs = _pairs()
-  with absltest.mock.patch.object(parallel_encoding.logging, "warning") as warning:
-    got = parallel_encoding.encode_pairs(_FailingInChildren(tok, how), pairs, processes=2,
-                                         min_pairs_per_process=50)
-  _assert_encodes(got, tok, pairs)
-  message = warning.call_args[0][0] % warning.call_args[0][1:]
-  assert "encoding its part here instead" in message
-  assert ("no more memory in the child" if how == "raise" else "without an answer") in message

@@ -134,6 +134,17 @@ def test_number_pairs_are_words():
         max_number=99, num_train=300, num_validation=5, num_test=5)), "train")
 
 
+def test_number_pairs_written_on_every_core_are_each_numbers_words(monkeypatch):
+  from num2words import num2words  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(number_task, "MIN_NUMBERS_PER_PROCESS", 40)  # 300 numbers: one part a core
+  number_task._cached_pairs.cache_clear()  # pylint: disable=protected-access
+  config = make_config(dataset="numbers", source_lang="de", target_lang="en")
+  pairs = sources.load_pairs(config, "train")
+  number_task._cached_pairs.cache_clear()  # pylint: disable=protected-access
+  numbers = number_task.number_of_pair_numbers(config.numbers, "train", seed=0)
+  assert pairs == [(num2words(int(n), lang="de"), num2words(int(n), lang="en")) for n in numbers]
+
+
 # --- tfds, under mock_data, in a fresh process (TensorFlow must never be imported) -----------
 
 
