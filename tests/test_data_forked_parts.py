@@ -1,6 +1,8 @@
 """forked_parts.map_parts: parts run on forked children, results in order, failures redone."""
 
+import multiprocessing
 import os
+import time
 
 import pytest
 from absl.testing import absltest
@@ -8,7 +10,7 @@ from absl.testing import absltest
 from transformer.data import forked_parts
 
 fork_only = pytest.mark.skipif(
-    "fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
 
 
 def _part_and_pid(part):
@@ -54,3 +56,20 @@ def test_a_failed_child_s_part_runs_here_with_a_warning(how):
   message = warning.call_args[0][0] % warning.call_args[0][1:]
   assert "running its part here instead" in message
   assert ("no more memory in the child" if how == "raise" else "without an answer") in message
+
+
+@fork_only
+def test_an_error_in_this_process_s_part_leaves_no_child_running():
+  parent = os.getpid()
+
+  def slow_in_children(part):
+    if os.getpid() == parent:
+      raise ValueError("bad first part")
+    time.sleep(60)
+    return part
+
+  children_before = set(multiprocessing.active_children())
+  with pytest.raises(ValueError, match="bad first part"):
+    forked_parts.map_parts(slow_in_children, list(range(20)), min_items_per_process=10,
+                           processes=2)
+  assert set(multiprocessing.active_children()) == children_before

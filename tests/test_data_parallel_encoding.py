@@ -1,5 +1,7 @@
 """parallel_encoding: pairs tokenized in parts on several processes give the one-process ids."""
 
+import multiprocessing
+
 import numpy as np
 import pytest
 from test_data_tokenizer import AWKWARD, corpus
@@ -8,7 +10,7 @@ from transformer.data import forked_parts, parallel_encoding
 from transformer.data import tokenizer as tokenizer_lib
 
 fork_only = pytest.mark.skipif(
-    "fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
 
 
 @pytest.fixture(scope="module")

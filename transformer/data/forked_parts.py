@@ -45,10 +45,16 @@ def map_parts(fn: Callable[[Sequence], Any], items: Sequence, *, min_items_per_p
       child.start()
     writer.close()
     children.append((child, reader, begin, end))
-  results = [fn(items[:bounds[1]])]
-  for child, reader, begin, end in children:
-    ok, result = _receive(child, reader)
-    results.append(result if ok else fn(items[begin:end]))
+  try:
+    results = [fn(items[:bounds[1]])]
+    for child, reader, begin, end in children:
+      ok, result = _receive(child, reader)
+      results.append(result if ok else fn(items[begin:end]))
+  finally:  # an error here (or Ctrl-C) leaves no child behind
+    for child, *_ in children:
+      if child.is_alive():
+        child.kill()
+        child.join()
   return results
 
 
