@@ -1,16 +1,12 @@
 """cpu_memory: the CPU programs' freed buffers stay in the process, not returned to the OS."""
 
-import os
 import platform
-import subprocess
-import sys
-import textwrap
 
 import pytest
+from test_cpu_devices import _python
 
 from transformer import cpu_memory
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLIBC_LINUX = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # A program whose run needs a 128 MB intermediate ([16384, 2048] float32, 32,768 pages), run 12
@@ -36,21 +32,15 @@ print(applied, sum(n < 1000 for n in faults))
 """
 
 
-def _runs_without_new_pages(**env_changes) -> tuple[str, int]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop(cpu_memory.OPT_OUT_VARIABLE, None)
-  env.update(env_changes)
-  result = subprocess.run([sys.executable, "-c", textwrap.dedent(PROGRAM)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-3000:]
-  applied, runs = result.stdout.split()
+def _runs_without_new_pages(opt_out_value: str) -> tuple[str, int]:
+  applied, runs = _python(PROGRAM, **{cpu_memory.OPT_OUT_VARIABLE: opt_out_value})
   return applied, int(runs)
 
 
 @pytest.mark.skipif(not GLIBC_LINUX, reason="mallopt is glibc's")
 def test_a_large_intermediate_is_faulted_in_once_not_on_every_run():
-  plain_applied, plain = _runs_without_new_pages(**{cpu_memory.OPT_OUT_VARIABLE: "0"})
-  kept_applied, kept = _runs_without_new_pages()
+  plain_applied, plain = _runs_without_new_pages("0")
+  kept_applied, kept = _runs_without_new_pages("1")
   assert (plain_applied, kept_applied) == ("False", "True")
   assert plain == 0             # glibc maps and unmaps the buffer on every run
   assert kept >= 4              # measured: 5 to 11 of the 12 without the pauses

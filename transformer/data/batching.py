@@ -71,10 +71,11 @@ class Examples:
 def _with_eos(flat: np.ndarray, lengths: np.ndarray, keep: np.ndarray,
               limit: int) -> tuple[np.ndarray, np.ndarray]:
   """The kept sequences, each cut to `limit` ids and ended with EOS: (flat ids, offsets)."""
-  n = np.minimum(lengths[keep], limit)
+  kept_lengths = lengths[keep]
+  n = np.minimum(kept_lengths, limit)
   offsets = np.zeros(len(n) + 1, np.int64)
   np.cumsum(n + 1, out=offsets[1:])
-  if not (lengths[keep] > limit).any():  # nothing cut: the kept ids with an EOS after each
+  if (kept_lengths <= limit).all():  # nothing cut: the kept ids with an EOS after each
     kept_ids = flat if keep.all() else flat[np.repeat(keep, lengths)]
     return np.insert(kept_ids, offsets[1:] - np.arange(1, len(n) + 1), EOS_ID), offsets
   begin = (np.cumsum(lengths) - lengths)[keep]
