@@ -89,7 +89,8 @@ def measure_ours(s: dict) -> dict:
     r = benchmark.run(config, steps=s["steps"], warmup=s["warmup"], per_step=True)
     times, where = r["step_times"], r["devices"]
   else:
-    cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: s["rows"] % n == 0)
+    cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: s["rows"] % n == 0,
+                          collectives=False)
     model = get_task(config).model_config(config, config.vocab_size)
     r = decoding_benchmark.benchmark(model, batch_size=s["rows"], source_length=s["length"],
                                      output_length=s["new_tokens"], beam_sizes=(s["beam_size"],),

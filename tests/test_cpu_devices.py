@@ -71,6 +71,17 @@ def test_a_number_sets_the_devices_and_a_thread_pool_with_room_for_them():
   assert cpu_devices.thread_pool_size(2, 2) == 4  # the size that did not deadlock on 2 cores
 
 
+def test_programs_that_never_communicate_get_one_thread_per_core():
+  cores = cpu_devices.usable_cores()
+  out = _python("""
+      import os, jax
+      from transformer import cpu_devices
+      count = cpu_devices.configure(3, lambda n: True, collectives=False)
+      print(count, jax.local_device_count(), os.environ.get("PJRT_NPROC"))
+      """)
+  assert out == ["3", "3", str(cores)]
+
+
 def test_auto_defers_to_xla_flags_and_keeps_the_users_thread_pool():
   out = _python("""
       import os, jax

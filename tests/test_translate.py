@@ -230,11 +230,13 @@ def test_an_unwritable_output_fails_before_any_model_loads(tmp_path, make_output
 
 def test_sentences_split_over_devices_translate_as_on_one(tmp_path):
   # Three CPU devices (a fresh process: the count is fixed when JAX starts), 7 sentences: the
-  # batch of 8 rows is padded to 9, three per device; each device searches its share alone.
+  # batch of 8 rows is padded to 9, three per device; each device searches its share alone,
+  # on the thread pool the decoding commands set up (one thread per core, fewer than devices
+  # on a 2-core machine).
   code = """
 import json, jax, numpy as np
 from transformer import cpu_devices
-cpu_devices.configure(3, lambda n: True)
+cpu_devices.configure(3, lambda n: True, collectives=False)
 from transformer.config import EOS_ID, TransformerConfig
 from transformer.models import init_params
 from transformer.translator import Translator
@@ -253,7 +255,8 @@ for name, devices in (("three", jax.devices()), ("one", jax.devices()[:1])):
 print("RESULT " + json.dumps(out))
 """
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  for name in ("XLA_FLAGS", "PJRT_NPROC", "NPROC"):
+    env.pop(name, None)
   done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]

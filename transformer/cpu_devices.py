@@ -46,10 +46,14 @@ FORCE_FLAG = "xla_force_host_platform_device_count"
 THREAD_POOL_VARIABLES = ("PJRT_NPROC", "NPROC")
 
 
-def thread_pool_size(devices: int, cores: int) -> int:
-  """Threads for the CPU client: one per core for the operations' work, plus one per device
-  that may sit blocked in a collective."""
-  return cores + devices
+def thread_pool_size(devices: int, cores: int, collectives: bool = True) -> int:
+  """Threads for the CPU client: one per core for the operations' work, plus, where the
+  programs communicate (training's gradient all-reduce), one per device that may sit blocked in
+  a collective. Programs that never wait for each other (decoding, each device translating its
+  own sentences) get one thread per core: more only take turns on the cores (the small model's
+  greedy decoding ran 15-20% slower with 4 threads than with 2 for its two devices,
+  docs/performance.md)."""
+  return cores + devices if collectives else cores
 
 
 def usable_cores() -> int:
@@ -95,7 +99,7 @@ def define_decoding_flag() -> None:
 
 
 def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = False,
-              d_model: int | None = None) -> int | None:
+              d_model: int | None = None, collectives: bool = True) -> int | None:
   """Sets JAX's CPU device count from `config.cpu_devices`; returns it, or None where JAX keeps
   its own.
 
@@ -105,8 +109,9 @@ def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = Fal
   jax_num_cpu_devices set in code, backends already running) and to multi-process runs, whose
   processes may share the cores; an explicit number that comes too late is a ConfigError.
   `d_model`, the width of the model to train: from `AUTO_MIN_SINGLE_D_MODEL` on, "auto" is one
-  device. It also keeps the memory the CPU programs free for their next run
-  (`cpu_memory.keep_freed_memory`).
+  device. `collectives=False`: the programs never communicate (the decoding commands), so the
+  pool needs no thread beyond one per core. It also keeps the memory the CPU programs free for
+  their next run (`cpu_memory.keep_freed_memory`).
   """
   setting = parse(setting)
   cpu_memory.keep_freed_memory()
@@ -117,7 +122,7 @@ def configure(setting, fits: Callable[[int], bool], *, multi_process: bool = Fal
   wide = setting == "auto" and d_model is not None and d_model >= AUTO_MIN_SINGLE_D_MODEL
   count = 1 if wide else choose(setting, fits, cores)
   if count > 1 and not any(name in os.environ for name in THREAD_POOL_VARIABLES):
-    os.environ[THREAD_POOL_VARIABLES[0]] = str(thread_pool_size(count, cores))
+    os.environ[THREAD_POOL_VARIABLES[0]] = str(thread_pool_size(count, cores, collectives))
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError:

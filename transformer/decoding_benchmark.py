@@ -179,7 +179,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
     config = load_model_config(FLAGS.config)
-    cpu_devices.configure(FLAGS.cpu_devices, lambda n: FLAGS.batch_size % n == 0)
+    cpu_devices.configure(FLAGS.cpu_devices, lambda n: FLAGS.batch_size % n == 0,
+                          collectives=False)
   except ValueError as e:
     fail(e)
   r = benchmark(config, batch_size=FLAGS.batch_size, source_length=FLAGS.source_length,

@@ -90,7 +90,7 @@ def main(argv):
     raise app.UsageError("--workdir is required.")
   logging.set_verbosity(logging.INFO)
   try:  # before any JAX operation: the CPU backend reads it once
-    cpu_devices.configure(FLAGS.cpu_devices, lambda n: True)
+    cpu_devices.configure(FLAGS.cpu_devices, lambda n: True, collectives=False)
   except ValueError as e:
     fail(e)
   compilation_cache.enable("auto")

@@ -98,7 +98,7 @@ def main(argv):
   if problem:
     fail(problem)
   try:  # before any JAX operation: the CPU backend reads it once
-    cpu_devices.configure(FLAGS.cpu_devices, lambda n: True)
+    cpu_devices.configure(FLAGS.cpu_devices, lambda n: True, collectives=False)
   except ValueError as e:
     fail(e)
   compilation_cache.enable("auto")
