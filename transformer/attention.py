@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from transformer import attention_kernels
 from transformer.attention_kernels import AttentionCall, AttentionMask
 from transformer.config import TransformerConfig
+from transformer.dropout import Dropout
 from transformer.precision import einsum_float32
 
 Array = jax.Array
@@ -121,7 +122,8 @@ class MultiHeadAttention(nn.Module):
             warning=True)
       weights = attention_weights(query, key, mask)
       self._sow_weights(weights)
-      weights = nn.Dropout(cfg.attention_dropout_rate)(weights, deterministic=False)
+      weights = Dropout(cfg.attention_dropout_rate, cfg.dropout_random_bits)(
+          weights, deterministic=False)
       out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
     else:
       if self.is_mutable_collection("intermediates"):

@@ -36,9 +36,10 @@ ACTIVATIONS = ("relu", "gelu")  # of the feed-forward network: the paper's ReLU,
 # What models saved before a field existed had (workdirs and checkpoints lacking the field).
 VALUES_BEFORE_FIELDS_EXISTED = {"attention_bias": True, "scan_layers": False,
                                 "architecture": "encoder_decoder", "activation": "relu",
-                                "scale_embeddings": True}
+                                "scale_embeddings": True, "dropout_random_bits": 32}
 # Fields saved under an older name: {old: new}.
 RENAMED_FIELDS = {"max_len": "max_length"}
+RANDOM_BITS = (16, 32)  # per element of a dropout mask (transformer/dropout.py)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -71,6 +72,9 @@ class TransformerConfig:
     dropout_rate: P_drop, applied to each sub-layer output and to the sums of embeddings and
       positional encodings (§5.4).
     attention_dropout_rate: dropout on the attention weights (not in the paper; 0 by default).
+    dropout_random_bits: random bits per dropped-or-kept element: 16 (four elements per
+      threefry hash, the keep probability a multiple of 2^-16; transformer/dropout.py) or 32
+      (flax's nn.Dropout, one hash per element; what models saved before the field had).
     share_embeddings: one matrix for source embedding, target embedding and pre-softmax
       projection (§3.4, the paper's EN-DE setup with a shared vocabulary).
     scale_embeddings: multiply the embeddings by sqrt(d_model) (§3.4; GPT does not).
@@ -103,6 +107,7 @@ class TransformerConfig:
   activation: str = "relu"
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0
+  dropout_random_bits: int = 16
   share_embeddings: bool = True
   scale_embeddings: bool = True
   max_length: int = 256
@@ -169,12 +174,14 @@ class TransformerConfig:
         "remat_policy": REMAT_POLICIES,
         "dtype": tuple(DTYPES),
         "param_dtype": tuple(DTYPES),
+        "dropout_random_bits": RANDOM_BITS,
     }
     for name, allowed in choices.items():
       value = getattr(self, name)
       if value not in allowed:
         raise ValueError(
-            f"TransformerConfig.{name}={value!r} is unknown; allowed: {', '.join(allowed)}.")
+            f"TransformerConfig.{name}={value!r} is unknown; allowed: "
+            f"{', '.join(map(str, allowed))}.")
 
 
 def base(**overrides: Any) -> TransformerConfig:

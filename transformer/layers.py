@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer.config import TransformerConfig
+from transformer.dropout import Dropout
 from transformer.precision import einsum_float32
 
 Array = jax.Array
@@ -110,7 +111,7 @@ class PositionalEncoding(nn.Module):
     else:
       encoding = jnp.take(table, positions, axis=0)
     x = x + encoding.astype(x.dtype)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=cfg.deterministic)
+    return Dropout(cfg.dropout_rate, cfg.dropout_random_bits)(x, deterministic=cfg.deterministic)
 
 
 def sublayer_connection(config: TransformerConfig, x: Array, sublayer: Callable[[Array], Array],
@@ -123,7 +124,7 @@ def sublayer_connection(config: TransformerConfig, x: Array, sublayer: Callable[
   """
   norm = nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.jnp_dtype,
                       param_dtype=config.jnp_param_dtype, name=f"{name}_norm")
-  dropout = nn.Dropout(config.dropout_rate)
+  dropout = Dropout(config.dropout_rate, config.dropout_random_bits)
   if config.norm_order == "pre":
     return x + dropout(sublayer(norm(x)), deterministic=config.deterministic)
   return norm(x + dropout(sublayer(x), deterministic=config.deterministic))
