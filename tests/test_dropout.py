@@ -36,6 +36,17 @@ def test_16_bits_keeps_the_quantised_probability_and_the_mean(rate):
     assert abs(kept[:, quarter::4].mean() - keep) < 5 * np.sqrt(keep * (1 - keep) / (out.size / 4))
 
 
+def test_bfloat16_inputs_are_scaled_without_a_rounded_scale():
+  x = jax.random.uniform(jax.random.PRNGKey(2), (1000, 1000), minval=1.0, maxval=2.0)
+  x = x.astype(jnp.bfloat16)
+  out = _apply(Dropout(0.1), x, jax.random.PRNGKey(0))
+  assert out.dtype == jnp.bfloat16
+  kept = np.asarray(out != 0)
+  ratio = np.asarray(out, np.float64)[kept] / np.asarray(x, np.float64)[kept]
+  # each element rounded once: the ratios average the exact scale (a bfloat16 scale: 1.109375)
+  assert abs(ratio.mean() - 65536 / keep_threshold(0.1)) < 2e-4
+
+
 def test_16_bit_masks_follow_the_key_and_any_shape():
   x = jnp.ones((3, 5, 7))  # an odd number of elements
   a, b = (_apply(Dropout(0.5), x, jax.random.PRNGKey(k)) for k in (0, 1))
