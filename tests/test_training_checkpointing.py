@@ -150,3 +150,35 @@ def test_flipped_bytes_are_detected_and_the_checkpoint_set_aside(tmp_path, caplo
   assert "Checkpoint of step 4" in caplog.text and "does not match the checksum" in caplog.text
   assert os.listdir(tmp_path / "checkpoints_broken")[0].startswith("4-")
   assert sorted(os.listdir(tmp_path / "checkpoint_checksums")) == ["2.json"]
+
+
+def test_a_disk_that_refuses_the_checksum_record_stops_with_one_line(tmp_path, monkeypatch):
+  # The full disk can hit the checksum record of a finished checkpoint rather than a save.
+  from transformer import checkpoint_integrity
+  ckpt = Checkpointer(str(tmp_path), keep=5, async_save=False)
+  ckpt.save(1, _state(1.0), _iterator())
+
+  def full_disk(step_dir):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(checkpoint_integrity, "record", full_disk)
+  monkeypatch.setattr(checkpoint_integrity, "has_record", lambda step_dir: False)
+  with pytest.raises(CheckpointSaveError) as error:
+    ckpt.save(2, _state(2.0), _iterator())
+  message = str(error.value)
+  assert "\n" not in message and message.startswith("Writing the checkpoints' checksums to ")
+  assert "No space left on device (errno 28)" in message
+  assert "Earlier checkpoints are intact (steps 1, 2)" in message and "resume" in message
+
+
+def test_closing_the_metric_files_on_a_full_disk_logs_instead_of_raising(tmp_path):
+  from transformer.training.writers import MetricWriter
+  writer = MetricWriter(str(tmp_path))
+
+  class FullDisk:
+    def close(self):
+      raise OSError(28, "No space left on device")
+
+  writer._tb = FullDisk()  # pylint: disable=protected-access
+  writer.close()  # the error that stopped the run is not replaced by this one
+  assert not writer.enabled

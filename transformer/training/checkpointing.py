@@ -156,8 +156,21 @@ class Checkpointer:
       # Orbax waits here for the previous save, so the failure may be that one's.
       raise self._save_error(e, step) from None
     self._last_save_step = step
-    self._record_checksums()  # of the saves completed by now (the previous ones)
+    self._record_checksums_or_stop()  # of the saves completed by now (the previous ones)
     return saved
+
+  def _record_checksums_or_stop(self) -> None:
+    """`_record_checksums`, or, when the disk refuses a record, one-line CheckpointSaveError
+    naming what failed and what is intact (the save in flight is waited for first: it meets the
+    same disk, and if it fails the error names it)."""
+    try:
+      self._record_checksums()
+    except OSError as e:
+      try:
+        self.manager.wait_until_finished()
+      except Exception as in_flight:  # pylint: disable=broad-except
+        raise self._save_error(in_flight, self._last_save_step) from None
+      raise self._save_error(e, None, action="Writing the checkpoints' checksums") from None
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -185,8 +198,10 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(e, self._last_save_step) from None
 
-  def _save_error(self, error: Exception, step: int | None) -> CheckpointSaveError:
-    """One line: which step, where, the OS error, the free space, what is intact."""
+  def _save_error(self, error: Exception, step: int | None,
+                  action: str | None = None) -> CheckpointSaveError:
+    """One line: which step (or `action`), where, the OS error, the free space, what is
+    intact."""
     cause, seen = error, set()
     while cause is not None and not isinstance(cause, OSError) and id(cause) not in seen:
       seen.add(id(cause))
@@ -194,6 +209,7 @@ class Checkpointer:
     text = str(error)
     failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)  # the save that failed
     step = int(failed.group(1)) if failed else step
+    action = action or f"Saving the checkpoint of step {step}"
     code = re.search(r"os_error_code='(\d+)'", text)
     if isinstance(cause, OSError) and cause.errno:
       reason = f"{cause.strerror} (errno {cause.errno})"
@@ -209,7 +225,7 @@ class Checkpointer:
     intact = [s for s in self.all_steps() if s != step]
     kept = "steps " + ", ".join(map(str, intact)) if intact else "none were written"
     return CheckpointSaveError(
-        f"Saving the checkpoint of step {step} to {self.directory} failed: {reason}; {free}. "
+        f"{action} to {self.directory} failed: {reason}; {free}. "
         f"Earlier checkpoints are intact ({kept}); "
         "make room (or move the workdir) and run the same command to resume.")
 
@@ -306,7 +322,7 @@ class Checkpointer:
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(e, self._last_save_step) from None
-    self._record_checksums()
+    self._record_checksums_or_stop()
 
   def close(self) -> None:
     try:

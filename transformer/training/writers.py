@@ -13,6 +13,7 @@ import os
 import time
 
 import jax
+from absl import logging
 from tensorboardX import SummaryWriter
 
 
@@ -46,10 +47,15 @@ class MetricWriter:
       self._jsonl.flush()
 
   def close(self) -> None:
+    """Flushes and closes both files; a full disk is logged, not raised (closing runs while
+    the error that stopped the run, often the same full disk, is on its way to the user)."""
     if self.enabled:
-      self._tb.close()
-      self._jsonl.close()
       self.enabled = False
+      for name, stream in (("TensorBoard events", self._tb), ("metrics.jsonl", self._jsonl)):
+        try:
+          stream.close()
+        except OSError as e:
+          logging.warning("Could not write the last %s: %s", name, e)
 
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
