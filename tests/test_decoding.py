@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from transformer.config import BOS_ID, EOS_ID, PAD_ID
-from transformer.decoding import beam_search, greedy_search
+from transformer.decoding import beam_search, greedy_search, top_k_by_chunks
 
 A, B = 3, 4  # the two ordinary tokens; the vocabulary is PAD, EOS, BOS, A, B
 VOCAB = 5
@@ -321,3 +321,25 @@ def test_bad_arguments_are_rejected():
     greedy_search(fn, {}, batch_size=2, max_decode_len=0)
   with pytest.raises(ValueError, match="max_lengths"):
     greedy_search(fn, {}, batch_size=2, max_decode_len=4, max_lengths=jnp.array([1, 2, 3]))
+
+
+@pytest.mark.parametrize("shape, k, chunk", [
+    ((4, 3, 1000), 8, 32),   # beam 4's per-beam candidates, 1000 = 31 chunks + 8 padded slots
+    ((6, 8000), 8, 32),      # the benchmark's vocabulary
+    ((5, 300), 2, 16),
+    ((3, 40), 8, 32),        # two chunks, fewer than k: lax.top_k itself
+])
+@pytest.mark.parametrize("values", ["normal", "ties", "infinities"])
+def test_top_k_by_chunks_is_lax_top_k(shape, k, chunk, values):
+  rng = np.random.default_rng(sum(shape) + k)
+  x = rng.standard_normal(shape).astype(np.float32)
+  if values == "ties":  # few distinct values: ties inside chunks, across chunks and at the k-th
+    x = np.round(x * 2) / 2
+  elif values == "infinities":  # forced-EOS rows: all -inf but one; some +inf
+    x[0] = -np.inf
+    x[0, ..., -1] = 0.0
+    x[-1, ..., ::97] = np.inf
+  want_values, want_index = jax.lax.top_k(jnp.asarray(x), k)
+  got_values, got_index = jax.jit(lambda a: top_k_by_chunks(a, k, chunk))(jnp.asarray(x))
+  np.testing.assert_array_equal(got_values, want_values)
+  np.testing.assert_array_equal(got_index, want_index)

@@ -148,8 +148,11 @@ class MultiHeadAttention(nn.Module):
     if self.is_mutable_collection("intermediates"):
       self._sow_weights(weights.reshape(batch, heads, rows // batch, q_len, -1).transpose(
           0, 2, 1, 3, 4).reshape(rows, heads, q_len, -1))
-    out = jnp.einsum("bhqk,bhkd->bqhd", weights.astype(value.dtype), value)
-    return out.reshape(rows, q_len, heads, depth)
+    # The weights as the left operand: XLA's CPU dot then writes [batch, h, beams, d] with the
+    # beams as rows; as einsum("bhqk,bhkd->bqhd") it chose [batch, h, d, beams], a product with
+    # 4 columns that ran 8x slower for beam 4 (docs/performance.md, 2026-11-28, later).
+    out = jax.lax.dot_general(weights.astype(value.dtype), value, (((3,), (2,)), ((0, 1), (0, 1))))
+    return jnp.swapaxes(out, 1, 2).reshape(rows, q_len, heads, depth)
 
   def _kernel(self, query: Array, key: Array, mask) -> str:
     """The kernel for this call: `config.attention_impl` where it can serve it (see
