@@ -23,7 +23,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import cpu_devices, models
+from transformer import cpu_devices, models, op_profile
 from transformer.cli import fail
 from transformer.models import count_params
 from transformer.tasks import get_task
@@ -36,6 +36,9 @@ from transformer.training.validation import trains_on, validate_config
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Run config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", "", "Also trace up to 5 steps there and print where a step's time goes, op "
+    "by op (transformer/op_profile.py).")
 
 
 def benchmark_rows(config, num_devices: int) -> int:
@@ -45,12 +48,14 @@ def benchmark_rows(config, num_devices: int) -> int:
   return max(num_devices, rows // num_devices * num_devices)
 
 
-def run(config, *, steps: int, warmup: int, per_step: bool = False) -> dict:
+def run(config, *, steps: int, warmup: int, per_step: bool = False,
+        profile_dir: str = "") -> dict:
   """Compiles and times the train step; returns the figures.
 
   "step_s" is the mean of `steps` steps run back to back; with `per_step` each step is timed on
   its own instead (waiting for its result before the next starts) into "step_times", and
-  "step_s" is their mean.
+  "step_s" is their mean. With `profile_dir`, min(steps, 5) more steps are traced there and
+  "profile" is their op table (op_profile).
   """
   mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
@@ -93,6 +98,14 @@ def run(config, *, steps: int, warmup: int, per_step: bool = False) -> dict:
       state, metrics = compiled(state, batches[i % 2])
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - t0) / steps
+  profile = None
+  if profile_dir:
+    holder = [state]  # the state is donated: each step takes the last one's
+
+    def one_step():
+      holder[0], step_metrics = compiled(holder[0], batches[0])
+      return step_metrics
+    profile = op_profile.profile(one_step, min(steps, 5), compiled.as_text(), profile_dir)
 
   if model_config.architecture == "decoder_only":  # a language model reads one sequence
     tokens_per_step, shape = rows * length, f"{rows} rows x {length} tokens"
@@ -115,16 +128,19 @@ def run(config, *, steps: int, warmup: int, per_step: bool = False) -> dict:
       "mfu": flops / step_s / (peak * num_devices) if peak else None, "peak_text": peak_text,
       "peak_bytes_per_device": memory,
       "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      "profile": profile,
   }
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
+  if _PROFILE_DIR.value:
+    op_profile.enable_cpu_op_events()  # before the backend starts
   try:
     cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n),
                           d_model=config.model.d_model)
-    r = run(config, steps=_STEPS.value, warmup=_WARMUP.value)
+    r = run(config, steps=_STEPS.value, warmup=_WARMUP.value, profile_dir=_PROFILE_DIR.value)
   except ValueError as e:  # a config error (ConfigError): one line, as train.py does
     fail(str(e))
   print(f"config        {config_flags.get_config_filename(flags.FLAGS['config'])}")
@@ -145,6 +161,10 @@ def main(argv):
   else:
     print(f"peak memory   per device unknown on this platform; host process peak RSS "
           f"{r['host_peak_rss_bytes'] / 2**30:.2f} GiB")
+
+  if r["profile"]:
+    print(f"a step, op by op (trace in {_PROFILE_DIR.value}; thread time, summed over devices):")
+    print(op_profile.format_table(r["profile"]))
 
 
 if __name__ == "__main__":

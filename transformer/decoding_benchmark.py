@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
-from transformer import cpu_devices
+from transformer import cpu_devices, op_profile
 from transformer.cli import fail
 from transformer.config import EOS_ID, PRESETS, TransformerConfig
 from transformer.config_files import load_config_file
@@ -113,8 +113,11 @@ def _times(fn, repeats: int) -> list[float]:
 
 def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length: int = 32,
               output_length: int = 64, beam_sizes=(1, 4), length_penalty: float = 0.6,
-              repeats: int = 5, uncached: bool = True, seed: int = 0) -> dict:
-  """Timings (seconds per batch) and rates; see the module docstring for what is measured."""
+              repeats: int = 5, uncached: bool = True, seed: int = 0,
+              profile_dir: str = "") -> dict:
+  """Timings (seconds per batch) and rates; see the module docstring for what is measured.
+  With `profile_dir`, each beam size's cached decoding is also traced there (`repeats` more
+  calls, DIR/greedy, DIR/beam4) and its op table (op_profile) is in the row as "profile"."""
   if max(source_length, output_length) > config.max_length:
     raise ValueError(f"source_length={source_length} and output_length={output_length} must be "
                      f"<= the model's max_length={config.max_length}.")
@@ -143,6 +146,12 @@ def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length:
     # The fastest call: on a shared machine the other processes only ever add time.
     row["cached_times"] = _times(lambda: decode_batch(params, inputs, max_lengths, **cached),
                                  repeats)
+    if profile_dir:
+      name = "greedy" if beam == 1 else f"beam{beam}"
+      hlo_text = decode_batch.lower(params, inputs, max_lengths, **cached).compile().as_text()
+      row["profile"] = op_profile.profile(
+          lambda: decode_batch(params, inputs, max_lengths, **cached), repeats, hlo_text,
+          os.path.join(profile_dir, name))
     seconds = row["cached_seconds"] = min(row["cached_times"])
     row["sentences_per_sec"] = batch_size / seconds
     row["tokens_per_sec"] = batch_size * output_length / seconds
@@ -170,6 +179,8 @@ def define_flags() -> None:
   flags.DEFINE_list("beam_sizes", ["1", "4"], "Beam sizes (1 = greedy).")
   flags.DEFINE_integer("repeats", 5, "Timed calls, the fastest reported (at most 3 uncached).")
   flags.DEFINE_bool("uncached", True, "Also time uncached decoding (the speed-up).")
+  flags.DEFINE_string("profile_dir", "", "Also trace the cached decoding there and print where "
+                      "its time goes, op by op (transformer/op_profile.py).")
   cpu_devices.define_decoding_flag()
   flags.declare_key_flag("cpu_devices")  # listed by --help, as this module's own
 
@@ -177,6 +188,8 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.profile_dir:
+    op_profile.enable_cpu_op_events()  # before the backend starts
   try:
     config = load_model_config(FLAGS.config)
     cpu_devices.configure(FLAGS.cpu_devices, lambda n: FLAGS.batch_size % n == 0,
@@ -185,7 +198,7 @@ def main(argv):
     fail(e)
   r = benchmark(config, batch_size=FLAGS.batch_size, source_length=FLAGS.source_length,
                 output_length=FLAGS.output_length, beam_sizes=[int(b) for b in FLAGS.beam_sizes],
-                repeats=FLAGS.repeats, uncached=FLAGS.uncached)
+                repeats=FLAGS.repeats, uncached=FLAGS.uncached, profile_dir=FLAGS.profile_dir)
   c = r["config"]
   print(f"config {FLAGS.config}: d_model {c['d_model']}, d_ff {c['d_ff']}, heads "
         f"{c['num_heads']}, layers {c['num_encoder_layers']}+{c['num_decoder_layers']}, vocab "
@@ -202,6 +215,10 @@ def main(argv):
             f"{row['uncached_tokens_per_sec']:11.1f} tokens/s "
             f"({row['uncached_seconds'] * 1e3:.1f} ms/batch); cached is "
             f"{row['speedup']:.1f}x faster at output length {r['output_length']}")
+    if "profile" in row:
+      print(f"{name} cached, op by op (trace in {os.path.join(FLAGS.profile_dir, name)}; "
+            f"thread time, summed over devices, per call):")
+      print(op_profile.format_table(row["profile"]))
 
 
 if __name__ == "__main__":
