@@ -3,7 +3,7 @@ r"""This project beside PyTorch and Hugging Face on one CPU: training steps and 
     pip install -e ".[peers]"   # torch and transformers; on a CPU-only machine install torch's
                                 # CPU wheel first (docs/performance.md)
     python benchmarks/peers.py [--passes=2] [--workloads=train_small,train_base,greedy,beam4]
-                               [--output=peers.json]
+                               [--output=peers.json] [--profile_dir=DIR]
 
 Workloads (the shapes of issue 14):
   train_small  d_model 256, 3+3 layers, d_ff 1024, 8 heads, vocabulary 8,000, shared embeddings,
@@ -56,6 +56,9 @@ _WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOADS), "Which workloads to
 _OUTPUT = flags.DEFINE_string("output", "", "Write every measurement here as JSON.")
 _WORKER = flags.DEFINE_string("worker", "", "Internal: measure one workload of ours ('ours').")
 _SETTINGS = flags.DEFINE_string("settings", "", "Internal: the workload's settings as JSON.")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", "", "Also trace our side of each workload there (DIR/WORKLOAD/passN) and print "
+    "where its time goes, op by op (transformer/op_profile.py), after its line.")
 
 
 def run_config(s: dict):
@@ -79,15 +82,19 @@ def measure_ours(s: dict) -> dict:
   """One workload of ours in this process: median seconds per step or per decoded batch."""
   import jax
 
-  from transformer import benchmark, cpu_devices, decoding_benchmark
+  from transformer import benchmark, cpu_devices, decoding_benchmark, op_profile
   from transformer.tasks import get_task
   from transformer.training.validation import trains_on
+  profile_dir = s.get("profile_dir", "")
+  if profile_dir:
+    op_profile.enable_cpu_op_events()  # before the backend starts
   config = run_config(s)
   if s["kind"] == "train":
     cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n),
                           d_model=config.model.d_model)
-    r = benchmark.run(config, steps=s["steps"], warmup=s["warmup"], per_step=True)
-    times, where = r["step_times"], r["devices"]
+    r = benchmark.run(config, steps=s["steps"], warmup=s["warmup"], per_step=True,
+                      profile_dir=profile_dir)
+    times, where, profile = r["step_times"], r["devices"], r["profile"]
   else:
     cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: s["rows"] % n == 0,
                           collectives=False)
@@ -95,11 +102,15 @@ def measure_ours(s: dict) -> dict:
     r = decoding_benchmark.benchmark(model, batch_size=s["rows"], source_length=s["length"],
                                      output_length=s["new_tokens"], beam_sizes=(s["beam_size"],),
                                      length_penalty=s["length_penalty"], repeats=s["steps"],
-                                     uncached=False)
-    times, where = next(iter(r["decoding"].values()))["cached_times"], r["device"]
-  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-          "threads": f"{len(jax.devices())} device(s): {where}",
-          "version": f"jax {jax.__version__}"}
+                                     uncached=False, profile_dir=profile_dir)
+    row = next(iter(r["decoding"].values()))
+    times, where, profile = row["cached_times"], r["device"], row.get("profile")
+  result = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "threads": f"{len(jax.devices())} device(s): {where}",
+            "version": f"jax {jax.__version__}"}
+  if profile:
+    result["profile"] = op_profile.format_table(profile)
+  return result
 
 
 def _spawn(command: list[str]) -> dict:
@@ -112,9 +123,11 @@ def _spawn(command: list[str]) -> dict:
   return json.loads(lines[-1][len("RESULT "):])
 
 
-def measure(side: str, name: str) -> dict:
+def measure(side: str, name: str, profile_dir: str = "") -> dict:
   s = WORKLOADS[name]
   if side == "ours":
+    if profile_dir:
+      s = dict(s, profile_dir=profile_dir)
     command = [sys.executable, os.path.join(HERE, "peers.py"), "--worker=ours",
                f"--settings={json.dumps(s)}"]
   else:
@@ -160,7 +173,9 @@ def main(argv):
     for name in _WORKLOADS.value:
       work, unit = units(name)
       sides = ("ours", "peer") if p % 2 == 0 else ("peer", "ours")
-      got = {side: measure(side, name) for side in sides}
+      profile_dir = (os.path.join(_PROFILE_DIR.value, name, f"pass{p + 1}")
+                     if _PROFILE_DIR.value else "")
+      got = {side: measure(side, name, profile_dir) for side in sides}
       ratio = got["peer"]["median_s"] / got["ours"]["median_s"]
       for side in ("peer", "ours"):
         r = got[side]
@@ -171,6 +186,9 @@ def main(argv):
               f"{work / r['median_s']:>10,.1f} {unit if side == 'ours' else '':<12}"
               f"{f'{ratio:.2f}x' if side == 'ours' else '':>6}  {r['threads']} ({r['version']})",
               flush=True)
+      if "profile" in got["ours"]:
+        print(f"ours, {name}, op by op (thread time per step or call, summed over devices):\n"
+              f"{got['ours']['profile']}", flush=True)
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w", encoding="utf-8") as f:
       json.dump(records, f, indent=1)

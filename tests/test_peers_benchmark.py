@@ -2,7 +2,10 @@
 (torch, transformers) are not installed by the test extra and are not run here."""
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -35,6 +38,21 @@ def test_our_side_measures_a_workload(kind, extra):
   r = peers.measure_ours(dict(TINY, kind=kind, **extra))
   assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
   assert r["version"].startswith("jax ") and "device" in r["threads"]
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("train", {}), ("decode", dict(new_tokens=5, beam_size=2, length_penalty=0.6))])
+def test_our_side_profiles_a_workload_op_by_op(kind, extra, tmp_path):
+  # As `--profile_dir` runs it: a fresh worker process (XLA's CPU op events need a new backend).
+  settings = dict(TINY, kind=kind, profile_dir=str(tmp_path), **extra)
+  command = [sys.executable, PATH, "--worker=ours", f"--settings={json.dumps(settings)}"]
+  run = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(PATH))))
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads(run.stdout.split("RESULT ", 1)[1])
+  table = result["profile"].splitlines()
+  assert table[0].split()[:3] == ["ms/call", "share", "runs/call"] and len(table) > 2
+  assert "ms/call in" in table[-1]
 
 
 def test_missing_peers_are_named_in_one_line(monkeypatch):

@@ -33,12 +33,17 @@ from transformer.training.optimizer import optimizer_from_config
 from transformer.training.steps import init_state, train_step
 from transformer.training.validation import trains_on, validate_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Run config file.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
-_PROFILE_DIR = flags.DEFINE_string(
-    "profile_dir", "", "Also trace up to 5 steps there and print where a step's time goes, op "
-    "by op (transformer/op_profile.py).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when run as a command, so that `run` can be imported
+  beside other commands' flags: benchmarks/peers.py has its own --profile_dir)."""
+  config_flags.DEFINE_config_file("config", "configs/default.py", "Run config file.")
+  flags.DEFINE_integer("steps", 20, "Timed steps.")
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
+  flags.DEFINE_string("profile_dir", "", "Also trace up to 5 steps there and print where a "
+                      "step's time goes, op by op (transformer/op_profile.py).")
 
 
 def benchmark_rows(config, num_devices: int) -> int:
@@ -134,23 +139,23 @@ def run(config, *, steps: int, warmup: int, per_step: bool = False,
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  if _PROFILE_DIR.value:
+  config = FLAGS.config
+  if FLAGS.profile_dir:
     op_profile.enable_cpu_op_events()  # before the backend starts
   try:
     cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n),
                           d_model=config.model.d_model)
-    r = run(config, steps=_STEPS.value, warmup=_WARMUP.value, profile_dir=_PROFILE_DIR.value)
+    r = run(config, steps=FLAGS.steps, warmup=FLAGS.warmup, profile_dir=FLAGS.profile_dir)
   except ValueError as e:  # a config error (ConfigError): one line, as train.py does
     fail(str(e))
-  print(f"config        {config_flags.get_config_filename(flags.FLAGS['config'])}")
+  print(f"config        {config_flags.get_config_filename(FLAGS['config'])}")
   print(f"devices       {r['devices']}; parallelism {config.parallelism}; "
         f"dtype {config.model.dtype}")
   print(f"parameters    {r['params']:,}")
   print(f"batch         {r['batch']} (synthetic, no padding)")
   print(f"compile       {r['compile_s']:.1f} s")
-  print(f"step          {r['step_s'] * 1e3:.1f} ms (mean of {_STEPS.value} after "
-        f"{_WARMUP.value} warm-up steps)")
+  print(f"step          {r['step_s'] * 1e3:.1f} ms (mean of {FLAGS.steps} after "
+        f"{FLAGS.warmup} warm-up steps)")
   print(f"tokens/s      {r['tokens_per_s']:,.0f} ({r['tokens_per_s_per_device']:,.0f} per device)")
   print(f"FLOP/s        {r['tflops_per_s']:.3f} TFLOP/s ({r['flops_per_step']:.3g} FLOPs per step)")
   mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "unknown"
@@ -163,9 +168,10 @@ def main(argv):
           f"{r['host_peak_rss_bytes'] / 2**30:.2f} GiB")
 
   if r["profile"]:
-    print(f"a step, op by op (trace in {_PROFILE_DIR.value}; thread time, summed over devices):")
+    print(f"a step, op by op (trace in {FLAGS.profile_dir}; thread time, summed over devices):")
     print(op_profile.format_table(r["profile"]))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
