@@ -100,6 +100,10 @@ def op_table(log_dir: str, *, calls: int, hlo_text: str = "", module: str = "") 
   "jit_decode_batch", matched as a substring), by default the one `hlo_text` is the text of."""
   known = hlo_ops(hlo_text)
   module = module or module_name(hlo_text)
+
+  def describe(op: str) -> tuple[str, str]:  # (kind, source); unknown ops: the name's stem
+    return known.get(op) or (op.split(".")[0], "")
+
   total = collections.Counter()
   count = collections.Counter()
   for event in _trace_events(log_dir):
@@ -107,16 +111,14 @@ def op_table(log_dir: str, *, calls: int, hlo_text: str = "", module: str = "") 
     op = args.get("hlo_op")
     if event.get("ph") != "X" or not op or module not in args.get("hlo_module", ""):
       continue
-    kind = known.get(op, (op.split(".")[0], ""))[0]
-    if kind in CONTAINER_OPCODES:
+    if describe(op)[0] in CONTAINER_OPCODES:
       continue
     total[op] += float(event.get("dur", 0.0))
     count[op] += 1
   if not total:
     raise ValueError(f"The trace under {log_dir} has no ops of a module named like {module!r} "
                      f"(on CPU, XLA_FLAGS needs {CPU_OP_EVENTS_FLAG} before JAX starts).")
-  rows = [OpRow(op, known.get(op, (op.split(".")[0], ""))[0], known.get(op, ("", ""))[1],
-                total[op] / 1e3 / calls, count[op] / calls) for op in total]
+  rows = [OpRow(op, *describe(op), total[op] / 1e3 / calls, count[op] / calls) for op in total]
   return sorted(rows, key=lambda r: -r.ms_per_call)
 
 
