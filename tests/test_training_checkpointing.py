@@ -182,3 +182,33 @@ def test_closing_the_metric_files_on_a_full_disk_logs_instead_of_raising(tmp_pat
   writer._tb = FullDisk()  # pylint: disable=protected-access
   writer.close()  # the error that stopped the run is not replaced by this one
   assert not writer.enabled
+
+
+class _ManagerWhoseSaveFailed:
+  """Stands for orbax's manager after an asynchronous save met a full disk: waiting and closing
+  (which waits again) both raise the disk's error."""
+
+  def __init__(self, real):
+    self.real = real
+    self.closed = False
+
+  def __getattr__(self, name):  # what is on disk: the real manager's answers
+    return getattr(self.real, name)
+
+  def wait_until_finished(self):
+    raise OSError(28, "No space left on device")
+
+  def close(self):
+    self.closed = True
+    self.real.close()
+    raise OSError(28, "No space left on device")
+
+
+def test_closing_after_a_failed_save_raises_the_one_line_error_not_the_managers(tmp_path):
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt._last_save_step = 15
+  ckpt.manager = _ManagerWhoseSaveFailed(ckpt.manager)
+  with pytest.raises(CheckpointSaveError, match="step 15") as error:
+    ckpt.close()
+  assert "\n" not in str(error.value) and "No space left on device" in str(error.value)
+  assert ckpt.manager.closed

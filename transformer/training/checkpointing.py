@@ -325,10 +325,21 @@ class Checkpointer:
     self._record_checksums_or_stop()
 
   def close(self) -> None:
+    """`wait`, then closes the manager. Orbax's close waits for the saves again and re-raises a
+    save's failure: while `wait`'s one-line error is on its way that second report is logged, not
+    raised over it; on its own it becomes the one-line CheckpointSaveError too."""
     try:
       self.wait()
-    finally:
+    except BaseException:
+      try:
+        self.manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Closing the checkpoint manager after a failed save: %s", e)
+      raise
+    try:
       self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, self._last_save_step) from None
 
 
 class PreemptionWatcher:
