@@ -185,6 +185,17 @@ def test_max_lengths_are_honoured():
   assert scores[2, 0] >= brute_force(next_log_probs, 5, 0.6)[0][0] - 1e-5
 
 
+def test_an_eos_id_no_token_has_never_ends_a_sequence():
+  # decoding_benchmark decodes with eos_id=-1 so that every sentence runs max_decode_len steps.
+  L = 6
+  greedy = jax.jit(lambda: greedy_search(markov_fn(TRAP), {}, batch_size=2, max_decode_len=L,
+                                         eos_id=-1))()
+  np.testing.assert_array_equal(greedy[:, :L - 1], A)  # TRAP's argmax path, EOS never chosen
+  seqs, scores = jax.jit(lambda: beam_search(markov_fn(TRAP), {}, batch_size=2, beam_size=2,
+                                             max_decode_len=L, eos_id=-1))()
+  assert seqs.shape == (2, 2, L) and scores.shape == (2, 2)
+
+
 def test_beam_search_stops_early():
   # EOS is likely everywhere, so beam 2 is settled after a few steps of a 50-step budget.
   table = markov_logits({BOS_ID: {A: 0.05, B: 0.05, EOS_ID: 0.9},

@@ -75,16 +75,28 @@ def _limits(max_lengths, batch_size, max_decode_len):
   return jnp.clip(max_lengths, 1, max_decode_len)
 
 
-def _shifted_logits(logits, force_eos, eos_id):
-  """What log_softmax needs, without writing the [rows, vocab] log-probs: (`logits - max`
-  float32, with the rows of `force_eos` keeping only EOS (-inf elsewhere), and the log of the
-  softmax's denominator [..., 1]). A token's log-prob is its shifted logit minus the
-  denominator, the arithmetic of `jax.nn.log_softmax`; a forced EOS keeps its model log-prob."""
+def _log_softmax_parts(logits):
+  """What log_softmax needs, without writing the [rows, vocab] log-probs: (the logits as
+  float32, their maximum [..., 1], and the log of the softmax's denominator [..., 1]). A token's
+  log-prob is (its logit - maximum) - log denominator, the arithmetic of `jax.nn.log_softmax`.
+  The searches pick tokens on the logits themselves and form log-probs only for the picked."""
   logits = logits.astype(jnp.float32)
-  shifted = logits - lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  log_denominator = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-  is_eos = jnp.arange(logits.shape[-1]) == eos_id
-  return jnp.where(force_eos[..., None] & ~is_eos, NEG_INF, shifted), log_denominator
+  top = lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  return logits, top, jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True))
+
+
+def _forced_candidates(logits, top, k, eos_id):
+  """The k candidates of a row at its length limit, where a hypothesis can only end: (values
+  [..., k] = EOS's logit - max, then -inf; tokens int32 [k] = EOS, then the lowest other ids: what
+  a top_k over the row masked to EOS gives). With an `eos_id` outside the vocabulary
+  (decoding_benchmark's NO_EOS) all k are -inf, on tokens 0..k-1."""
+  vocab = logits.shape[-1]
+  others = jnp.arange(k - 1 if 0 <= eos_id < vocab else k, dtype=jnp.int32)
+  values = jnp.full(logits.shape[:-1] + others.shape, NEG_INF)
+  if 0 <= eos_id < vocab:
+    return (jnp.concatenate([logits[..., eos_id:eos_id + 1] - top, values], axis=-1),
+            jnp.concatenate([jnp.array([eos_id], jnp.int32), others + (others >= eos_id)]))
+  return values, others
 
 
 def _greedy(tokens_to_logits, cache, batch_size, max_decode_len, max_lengths, eos_id, bos_id):
@@ -99,9 +111,13 @@ def _greedy(tokens_to_logits, cache, batch_size, max_decode_len, max_lengths, eo
   def body(state):
     step, seqs, last, done, log_prob, length, cache = state
     logits, cache = tokens_to_logits(last[:, None], cache)
-    shifted, log_denominator = _shifted_logits(logits, step + 1 >= limits, eos_id)
-    token = jnp.argmax(shifted, axis=-1).astype(jnp.int32)
-    token_lp = jnp.take_along_axis(shifted, token[:, None], -1) - log_denominator  # [B, 1]
+    logits, top, log_denominator = _log_softmax_parts(logits)
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    best = jnp.take_along_axis(logits, token[:, None], -1) - top  # [B, 1]
+    forced_best, forced_token = _forced_candidates(logits, top, 1, eos_id)
+    force_eos = step + 1 >= limits
+    token = jnp.where(force_eos, forced_token[0], token)
+    token_lp = jnp.where(force_eos[:, None], forced_best, best) - log_denominator  # [B, 1]
     log_prob += jnp.where(done, 0.0, token_lp[:, 0])
     length += ~done
     token = jnp.where(done, PAD_ID, token)
@@ -242,13 +258,17 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
     """One step for [B, beams] alive hypotheses and their next-token `logits` [B, beams, vocab]:
     the new alive set (K, with each one's parent beam) and finished set."""
     beams, vocab = alive_seqs.shape[1], logits.shape[-1]
-    force_eos = jnp.broadcast_to((step + 1 >= limits)[:, None], (B, beams))
-    shifted, log_denominator = _shifted_logits(logits, force_eos, eos_id)
+    logits, top, log_denominator = _log_softmax_parts(logits)
     # The 2K best extensions of the whole beam are among the 2K best of each of its beams: the
     # top_k runs per beam, and only over the kept ones the log-probs are formed and ranked.
     # Ties keep the order of one top_k over all beams x vocab (lower beam, then lower token).
     per_beam = min(2 * K, vocab)
-    best, tokens = top_k_by_chunks(shifted, per_beam)  # [B, beams, per_beam]
+    best, tokens = top_k_by_chunks(logits, per_beam)  # [B, beams, per_beam]
+    best = best - top
+    forced_best, forced_tokens = _forced_candidates(logits, top, per_beam, eos_id)
+    force_eos = (step + 1 >= limits)[:, None, None]  # [B, 1, 1]
+    best = jnp.where(force_eos, forced_best, best)
+    tokens = jnp.where(force_eos, forced_tokens, tokens)
     candidates = (alive_lp[:, :, None] + (best - log_denominator)).reshape(B, beams * per_beam)
     tokens = tokens.reshape(B, beams * per_beam)
     if beams * per_beam < K:  # a vocabulary smaller than the beam: slots that stay empty
