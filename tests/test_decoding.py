@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from transformer.config import BOS_ID, EOS_ID, PAD_ID
-from transformer.decoding import beam_search, greedy_search, top_k_by_chunks
+from transformer.decoding import _first_argmax, beam_search, greedy_search, top_k_by_chunks
 
 A, B = 3, 4  # the two ordinary tokens; the vocabulary is PAD, EOS, BOS, A, B
 VOCAB = 5
@@ -354,3 +354,14 @@ def test_top_k_by_chunks_is_lax_top_k(shape, k, chunk, values):
   got_values, got_index = jax.jit(lambda a: top_k_by_chunks(a, k, chunk))(jnp.asarray(x))
   np.testing.assert_array_equal(got_values, want_values)
   np.testing.assert_array_equal(got_index, want_index)
+
+
+def test_first_argmax_is_jnp_argmax():
+  rng = np.random.default_rng(0)
+  x = rng.integers(-3, 3, size=(6, 50)).astype(np.float32)  # many ties: the first one wins
+  x[1] = -np.inf
+  x[2, 7] = np.inf
+  x[3] = x[3, 0]  # a constant row
+  x = jnp.asarray(x)
+  top = jnp.max(x, axis=-1, keepdims=True)
+  np.testing.assert_array_equal(jax.jit(_first_argmax)(x, top), jnp.argmax(x, axis=-1))
