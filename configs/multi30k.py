@@ -3,10 +3,11 @@
     python train.py --config=configs/multi30k.py --config.data_dir=PATH/TO/multi30k
 
 `data_dir` holds line-aligned `{split}.de` / `{split}.en` files (or `{split}.tsv`); see
-docs/data.md for the names tried for validation and test. On 2 CPU cores a step takes about 2 s:
-60 minutes (about 1,800 steps), then averaging the last 3 checkpoints, gave 37.5 sacreBLEU on
-test_2016_flickr (docs/translation.md has the commands); the 12,000 steps below take about 7 hours
-there and minutes on a GPU.
+docs/data.md for the names tried for validation and test. On 2 CPU cores a step takes 1.1-2.7 s,
+with the machine's speed that day: 60 minutes, then averaging the last checkpoints, gave 3,117
+steps and 39.25 sacreBLEU on test_2016_flickr on a fast day, 1,799 and 37.46 on an average one,
+1,352 and 35.37 on a slow one (docs/translation.md has the commands); the 12,000 steps below
+take 4-9 hours there and minutes on a GPU.
 """
 
 from transformer.config_files import load_config_file
