@@ -56,12 +56,17 @@ def _params(workdir):
 def _assert_params_close(params, ref, name):
   """Parameters agree, except attention key biases: their true gradient is zero (a bias on the
   keys adds the same q.b to every score of a query, which softmax ignores), so what they get is
-  rounding noise, which Adam (eps=1e-9) scales up to full-size steps in any summation order."""
+  rounding noise, which Adam (eps=1e-9) scales up to full-size steps in any summation order.
+  The same cancellation leaves part of the query and key kernels' gradients to rounding (the
+  key bias in the query's, the keys' common part in the key's), and there Adam's steps
+  differ too: up to 3.2e-4 after the 12 steps on an AVX-512 Intel CPU (below 1e-4 on the AMD
+  Zen 3 of docs/performance.md). A parameter left unsynchronised or un-updated is off by about
+  the learning rate (0.18 at its peak here), and the losses are compared to 1e-5 besides."""
   assert params.keys() == ref.keys()
   for key in ref:
     if "['key']['bias']" in key:
       continue
-    np.testing.assert_allclose(params[key], ref[key], atol=1e-4, err_msg=f"{name} {key}")
+    np.testing.assert_allclose(params[key], ref[key], atol=1e-3, err_msg=f"{name} {key}")
 
 
 def free_port():
