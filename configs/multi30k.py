@@ -4,10 +4,10 @@
 
 `data_dir` holds line-aligned `{split}.de` / `{split}.en` files (or `{split}.tsv`); see
 docs/data.md for the names tried for validation and test. On 2 CPU cores a step takes 1.1-2.7 s,
-with the machine's speed that day: 60 minutes, then averaging the last checkpoints, gave 3,117
-steps and 39.25 sacreBLEU on test_2016_flickr on a fast day, 1,799 and 37.46 on an average one,
-1,352 and 35.37 on a slow one (docs/translation.md has the commands); the 12,000 steps below
-take 4-9 hours there and minutes on a GPU.
+with the machine (its model and its load): 60 minutes, then averaging the last checkpoints, gave
+3,117 steps and 39.25 sacreBLEU on test_2016_flickr on an AVX-512 Xeon, 1,799 and 37.46 on an
+EPYC on a quiet day, 1,352 and 35.37 on a busy one (docs/translation.md has the commands); the
+12,000 steps below take 4-9 hours there and minutes on a GPU.
 """
 
 from transformer.config_files import load_config_file
