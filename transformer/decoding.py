@@ -90,13 +90,12 @@ def _forced_candidates(logits, top, k, eos_id):
   [..., k] = EOS's logit - max, then -inf; tokens int32 [k] = EOS, then the lowest other ids: what
   a top_k over the row masked to EOS gives). With an `eos_id` outside the vocabulary
   (decoding_benchmark's NO_EOS) all k are -inf, on tokens 0..k-1."""
-  vocab = logits.shape[-1]
-  others = jnp.arange(k - 1 if 0 <= eos_id < vocab else k, dtype=jnp.int32)
-  values = jnp.full(logits.shape[:-1] + others.shape, NEG_INF)
-  if 0 <= eos_id < vocab:
-    return (jnp.concatenate([logits[..., eos_id:eos_id + 1] - top, values], axis=-1),
-            jnp.concatenate([jnp.array([eos_id], jnp.int32), others + (others >= eos_id)]))
-  return values, others
+  if not 0 <= eos_id < logits.shape[-1]:
+    return jnp.full(logits.shape[:-1] + (k,), NEG_INF), jnp.arange(k, dtype=jnp.int32)
+  others = jnp.arange(k - 1, dtype=jnp.int32)
+  values = jnp.concatenate([logits[..., eos_id:eos_id + 1] - top,
+                            jnp.full(logits.shape[:-1] + (k - 1,), NEG_INF)], axis=-1)
+  return values, jnp.concatenate([jnp.array([eos_id], jnp.int32), others + (others >= eos_id)])
 
 
 def _first_argmax(logits, top):
