@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from transformer.config import BOS_ID, EOS_ID, PAD_ID
-from transformer.decoding import _first_argmax, beam_search, greedy_search, top_k_by_chunks
+from transformer.decoding import beam_search, first_argmax, greedy_search, top_k_by_chunks
 
 A, B = 3, 4  # the two ordinary tokens; the vocabulary is PAD, EOS, BOS, A, B
 VOCAB = 5
@@ -364,4 +364,4 @@ def test_first_argmax_is_jnp_argmax():
   x[3] = x[3, 0]  # a constant row
   x = jnp.asarray(x)
   top = jnp.max(x, axis=-1, keepdims=True)
-  np.testing.assert_array_equal(jax.jit(_first_argmax)(x, top), jnp.argmax(x, axis=-1))
+  np.testing.assert_array_equal(jax.jit(first_argmax)(x, top), jnp.argmax(x, axis=-1))

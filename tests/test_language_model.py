@@ -14,7 +14,7 @@ import pytest
 from transformer import models
 from transformer.config import TransformerConfig
 from transformer.decoder_only import DecoderOnlyTransformer
-from transformer.sampling import sample
+from transformer.sampling import next_token, sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = TransformerConfig(architecture="decoder_only", vocab_size=23, d_model=32, d_ff=64,
@@ -94,6 +94,22 @@ def test_top_k_never_leaves_the_k_most_likely(params):
   for t in range(1, out.shape[1] - 1):
     assert np.all(np.any(top[:, t] == out[:, t + 1, None], axis=-1)), t
   assert len(np.unique(out[:, 2:])) > k  # many tokens drawn overall: the test could fail
+
+
+def test_next_token_over_a_word_vocabulary():
+  """A vocabulary of words, not characters: the top-k threshold over many chunks of logits (the
+  tiny model's 23 fall back to `lax.top_k`), and the argmax with ties."""
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((64, 5000)).astype(np.float32)
+  logits[:8] = np.round(logits[:8])  # many ties: the first maximum wins, as in jnp.argmax
+  greedy = jax.jit(lambda x: next_token(x, jax.random.key(0), temperature=0.0, top_k=0))
+  np.testing.assert_array_equal(greedy(logits), np.argmax(logits, axis=-1))
+  k = 7
+  draw = jax.jit(lambda x, key: next_token(x, key, temperature=3.0, top_k=k))
+  drawn = np.stack([draw(logits, jax.random.key(seed)) for seed in range(20)], axis=1)
+  allowed = np.argsort(-logits[8:], axis=-1, kind="stable")[:, :k]  # rows without ties
+  assert np.all(np.any(drawn[8:, :, None] == allowed[:, None, :], axis=-1))
+  assert min(len(set(row)) for row in drawn[8:].tolist()) > 1  # hot: more than the argmax
 
 
 def test_the_same_seed_gives_the_same_text(params):

@@ -98,7 +98,7 @@ def _forced_candidates(logits, top, k, eos_id):
   return values, jnp.concatenate([jnp.array([eos_id], jnp.int32), others + (others >= eos_id)])
 
 
-def _first_argmax(logits, top):
+def first_argmax(logits, top):
   """`jnp.argmax` over the last axis, given the maximum `top` [..., 1]: the first index holding
   it, found by a min-reduce over indices. One operand: XLA's CPU backend vectorises that, not
   argmax's (value, index) reduce, which took 934 us a step for [32, 8000] on the 2-core CPU of
@@ -121,7 +121,7 @@ def _greedy(tokens_to_logits, cache, batch_size, max_decode_len, max_lengths, eo
     step, seqs, last, done, log_prob, length, cache = state
     logits, cache = tokens_to_logits(last[:, None], cache)
     logits, top, log_denominator = _log_softmax_parts(logits)
-    token = _first_argmax(logits, top)
+    token = first_argmax(logits, top)
     best = jnp.take_along_axis(logits, token[:, None], -1) - top  # [B, 1]
     forced_best, forced_token = _forced_candidates(logits, top, 1, eos_id)
     force_eos = step + 1 >= limits
