@@ -105,7 +105,8 @@ class Task(Protocol):
 
   def evaluate(self, config, workdir: str, split: str, *, params, model_config, tokenizer,
                step: int | None = None, checkpoint_text: str = "", **options) -> dict:
-    """Scores of `split` (the evaluate command's work), written to WORKDIR/eval_<split>.json."""
+    """Scores of `split` (the evaluate command's work), written to WORKDIR/eval_<split>.json
+    unless the option `write` is False."""
 
 
 def require_int(config, key: str, minimum: int = 1) -> None:

@@ -119,8 +119,9 @@ class LanguageModelTask(TaskBase):
     return result
 
   def evaluate(self, config, workdir, split, *, params, model_config, tokenizer, step=None,
-               checkpoint_text="", **options) -> dict:
-    """Loss and perplexity over every token of the validation text (on one device)."""
+               checkpoint_text="", write: bool = True, **options) -> dict:
+    """Loss and perplexity over every token of the validation text (on one device); written to
+    WORKDIR/eval_<split>.json unless `write` is False."""
     if split != "validation":
       raise ValueError(f"--split={split!r}: a language model is evaluated on --split=validation "
                        f"(the last {config.validation_fraction} of the text).")
@@ -140,7 +141,7 @@ class LanguageModelTask(TaskBase):
               **summarize(jax.device_get(total)), "tokens": int(total["tokens"])}
     logging.info("%s (%s): loss %.4f nats per token, perplexity %.3f", split, checkpoint_text,
                  scores["nll"], scores["perplexity"])
-    if jax.process_index() == 0:
+    if write and jax.process_index() == 0:
       with open(os.path.join(workdir, f"eval_{split}.json"), "w", encoding="utf-8") as f:
         json.dump(scores, f, indent=2)
         f.write("\n")
