@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from transformer import config as C
+from transformer.attention import CROSS_CACHE_NAMES
+from transformer.decoding import beam_search
 from transformer.model import (
   Transformer,
   decode_step,
   init_decode_cache,
+  is_sentence_cache,
   shift_right,
 )
 from transformer.models import count_params, init_params
@@ -107,6 +110,30 @@ def test_cache_leaves_are_batch_major_except_counters(params):
   cache = init_decode_cache(CFG, params, _tokens(0, (3, 5)), max_decode_len=6)
   for leaf in jax.tree.leaves(cache):
     assert leaf.ndim == 0 or leaf.shape[0] == 3
+
+
+def test_a_cache_made_for_the_beam_searches_as_gathering_every_cache(params):
+  # With `beams`, the self-attention keys and values hold a slot per beam and only an index of
+  # slots follows the beams; a cache made for one row is searched by gathering every layer's
+  # keys and values by parent beam. Both must find the same hypotheses with the same scores.
+  inputs = _tokens(3, (3, 8)).at[2, 5:].set(C.PAD_ID)
+  step = jax.jit(lambda tokens, cache: decode_step(CFG, params, cache, tokens))
+
+  def search(cache, per_sentence):
+    return beam_search(step, cache, batch_size=3, beam_size=3, max_decode_len=10,
+                       per_sentence=per_sentence)
+
+  slotted = init_decode_cache(CFG, params, inputs, max_decode_len=10, beams=3)
+  layer = slotted["decoder"]["layer_0"]["self_attention"]
+  assert layer["cached_key"].shape == (3, CFG.num_heads, 3 * 10, CFG.head_dim)
+  assert layer["cache_slot"].shape == (3, 10)
+  sequences, scores = search(slotted, is_sentence_cache)
+  expected, expected_scores = search(
+      init_decode_cache(CFG, params, inputs, max_decode_len=10),
+      lambda path: getattr(path[-1], "key", None) in CROSS_CACHE_NAMES)
+  np.testing.assert_array_equal(sequences, expected)
+  np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+  assert len({tuple(s) for s in np.asarray(sequences).reshape(9, 10).tolist()}) > 3
 
 
 def test_decode_step_without_cache_says_how_to_make_one(params):

@@ -22,6 +22,8 @@ from transformer.precision import einsum_float32
 Array = jax.Array
 # Decoding-cache variables of encoder-decoder attention: computed once from the source.
 CROSS_CACHE_NAMES = ("cross_key", "cross_value", "cross_mask")
+# Self-attention's keys and values: with several beams, one set of slots per sentence.
+SELF_CACHE_NAMES = ("cached_key", "cached_value")
 
 
 def segment_mask(query_segments: Array, key_segments: Array) -> Array:
@@ -95,7 +97,7 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array | None,
-               cache_len: int | None = None) -> Array:
+               cache_len: int | None = None, cache_beams: int = 1) -> Array:
     cfg = self.config
     dense = functools.partial(
         nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), dtype=cfg.jnp_dtype,
@@ -110,7 +112,8 @@ class MultiHeadAttention(nn.Module):
       key = dense(name="key")(inputs_kv)
       value = dense(name="value")(inputs_kv)
       if cfg.decode:
-        key, value, mask, from_cache = self._append_to_cache(key, value, mask, cache_len)
+        key, value, mask, from_cache = self._append_to_cache(key, value, mask, cache_len,
+                                                             cache_beams)
 
     if from_cache:  # a decoding step: keys and values [batch, heads, k_len, d], heads first
       out = self._attend_cache(query, key, value, mask)
@@ -137,10 +140,10 @@ class MultiHeadAttention(nn.Module):
 
   def _attend_cache(self, query: Array, key: Array, value: Array, mask) -> Array:
     """Attention of one step's queries [rows, q_len, heads, d] to cached keys and values
-    [batch, heads, k_len, d]. Beam search keeps the source's keys once per sentence (rows =
-    batch x beams, decoding.beam_search's `source_only`): a sentence's beams then attend
-    together, as the q_len axis of one [beams, k_len] product per head, instead of each beam
-    reading its own copy."""
+    [batch, heads, k_len, d]. Beam search keeps the source's keys, and a beam cache's slots, once
+    per sentence (rows = batch x beams, decoding.beam_search's `per_sentence`): a sentence's
+    beams then attend together, as the q_len axis of one [beams, k_len] product per head, each
+    to the keys its mask allows, instead of each beam reading its own copy."""
     rows, q_len, heads, depth = query.shape
     batch = key.shape[0]
     query = query.reshape(batch, rows // batch * q_len, heads, depth)  # beams of a sentence
@@ -190,32 +193,58 @@ class MultiHeadAttention(nn.Module):
     cached_mask = self.variable("cache", "cross_mask", mask_fn)
     return key.value, value.value, cached_mask.value
 
-  def _append_to_cache(self, key, value, mask, cache_len):
+  def _append_to_cache(self, key, value, mask, cache_len, cache_beams):
     """Self-attention decoding: write this step's key and value at the cache index.
 
     The cache is [batch, heads, cache_len, d], heads first, the layout the step's attention
-    reads, so no step copies it into another. Returns (key, value, mask, from_cache)."""
+    reads, so no step copies it into another. With `cache_beams` K > 1 (beam search) it is
+    [sentences, heads, K * cache_len, d]: K slots of cache_len positions per sentence, never
+    reordered. Beam k of a sentence writes its step into slot k, and `cache_slot` [rows,
+    cache_len] (a per-beam leaf, which beam search reorders with the beams) records for each
+    hypothesis in which slot each of its positions lies; its query attends to those entries only.
+    So a step reads the keys as a plain cache would, and no step gathers the caches by parent
+    beam (docs/decoding.md). Returns (key, value, mask, from_cache)."""
     initialized = self.has_variable("cache", "cached_key")
     batch, _, heads, depth = key.shape
     if not initialized and cache_len is None:
       raise ValueError("The decoding cache is empty: create it with "
                        "transformer.model.init_decode_cache(...) before decode_step(...).")
-    shape = (batch, heads, cache_len or 0, depth)
+    shape = (batch, heads, (cache_len or 0) * cache_beams, depth)
     cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
     index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    slotted = cache_beams > 1 or self.has_variable("cache", "cache_slot")
+    if slotted:
+      slot = self.variable("cache", "cache_slot", jnp.zeros, (batch, cache_len or 0), jnp.int32)
     if not initialized:  # The call that creates the cache: plain attention, nothing stored.
       return key, value, mask, False
     if key.shape[1] != 1:
       raise ValueError(f"Cached decoding takes one token per step, got {key.shape[1]}.")
     i = index.value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, _heads_first(key),
-                                                    (0, 0, i, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, _heads_first(value),
-                                                      (0, 0, i, 0))
     index.value = i + 1
-    length = cached_key.value.shape[2]
-    step_mask = (jnp.arange(length) <= i)[None, None, None, :]  # [1, 1, 1, cache_len]
+    if not slotted:
+      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, _heads_first(key),
+                                                      (0, 0, i, 0))
+      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, _heads_first(value),
+                                                        (0, 0, i, 0))
+      length = cached_key.value.shape[2]
+      step_mask = (jnp.arange(length) <= i)[None, None, None, :]  # [1, 1, 1, cache_len]
+      return cached_key.value, cached_value.value, step_mask, True
+    sentences, length = cached_key.value.shape[0], slot.value.shape[1]
+    beams, slots = batch // sentences, cached_key.value.shape[2] // length
+
+    def write(cache, new):  # beam k of each sentence -> slot k, position i
+      new = new.reshape(sentences, beams, heads, 1, depth).transpose(0, 2, 1, 3, 4)
+      by_slot = cache.reshape(sentences, heads, slots, length, depth)
+      return jax.lax.dynamic_update_slice(by_slot, new, (0, 0, 0, i, 0)).reshape(cache.shape)
+
+    cached_key.value = write(cached_key.value, key)
+    cached_value.value = write(cached_value.value, value)
+    own_slot = (jnp.arange(batch, dtype=jnp.int32) % beams)[:, None]
+    slot.value = jax.lax.dynamic_update_slice(slot.value, own_slot, (0, i))
+    on_path = slot.value.reshape(sentences, beams, 1, length) == jnp.arange(slots)[:, None]
+    step_mask = (on_path & (jnp.arange(length) <= i)).reshape(sentences, 1, beams,
+                                                               slots * length)
     return cached_key.value, cached_value.value, step_mask, True
 
 

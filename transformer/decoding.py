@@ -7,10 +7,12 @@ Both searches know nothing of the Transformer. They take
 where `tokens` is int32 [N, 1] (the previous token; `BOS_ID` at the first step), `logits` is
 [N, vocab] for the next token, and `cache` is any pytree whose leaves have N as leading axis,
 except 0-d leaves (step counters), which are passed through untouched. Beam search expands a
-batch-B cache to B * beam rows itself and reorders the rows as beams are chosen; leaves that
-depend on the source sentence alone (the cross-attention keys and values) are equal on all of a
-sentence's beams, and `source_only(path)` can name them: they are then kept once per sentence,
-neither repeated per beam nor gathered at every step.
+batch-B cache to B * beam rows itself and reorders the rows as beams are chosen. Leaves that
+serve all of a sentence's beams at once can be named by `per_sentence(path)`: they are then kept
+once per sentence, neither repeated per beam nor gathered at every step. The Transformer's are
+the cross-attention keys and values (from the source alone) and, with a cache made for the beam,
+the self-attention keys and values, which hold a slot per beam that the model addresses itself
+(transformer/attention.py): only a small per-beam index of slots is reordered.
 
 Both run inside one `lax.while_loop` (no Python loop per step) and are jit-compatible with
 `tokens_to_logits` closed over:
@@ -161,20 +163,20 @@ def greedy_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size:
   return seqs
 
 
-def _repeat_rows(tree, times, source_only=None):
-  """[B, ...] -> [B * times, ...] (each row repeated `times` times); 0-d and `source_only`
+def _repeat_rows(tree, times, per_sentence=None):
+  """[B, ...] -> [B * times, ...] (each row repeated `times` times); 0-d and `per_sentence`
   leaves unchanged."""
   def repeat(path, x):
-    if not jnp.ndim(x) or (source_only is not None and source_only(path)):
+    if not jnp.ndim(x) or (per_sentence is not None and per_sentence(path)):
       return x
     return jnp.repeat(x, times, axis=0)
   return jax.tree_util.tree_map_with_path(repeat, tree)
 
 
-def _take_rows(tree, rows, source_only=None):
-  """Gathers rows (int [N]) along the leading axis; 0-d and `source_only` leaves unchanged."""
+def _take_rows(tree, rows, per_sentence=None):
+  """Gathers rows (int [N]) along the leading axis; 0-d and `per_sentence` leaves unchanged."""
   def take(path, x):
-    if not jnp.ndim(x) or (source_only is not None and source_only(path)):
+    if not jnp.ndim(x) or (per_sentence is not None and per_sentence(path)):
       return x
     return x[rows]
   return jax.tree_util.tree_map_with_path(take, tree)
@@ -218,7 +220,7 @@ def _top(k, scores, *arrays):
 def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: int,
                 beam_size: int = 4, length_penalty: float = 0.6, max_decode_len: int,
                 max_lengths=None, eos_id: int = EOS_ID, bos_id: int = BOS_ID,
-                source_only: Callable[[Any], bool] | None = None) -> tuple[jax.Array, jax.Array]:
+                per_sentence: Callable[[Any], bool] | None = None) -> tuple[jax.Array, jax.Array]:
   """Beam search with GNMT's length penalty (§6.1: beam 4, length_penalty 0.6).
 
   Each step extends the `beam_size` alive hypotheses by every token, keeps the 2 * beam_size
@@ -241,12 +243,12 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
     max_decode_len: length of the output; a hypothesis reaching it ends with a forced EOS.
     max_lengths: optional int32 [B], a per-example limit (tokens, EOS included).
     eos_id, bos_id: the end token, and the token fed at the first step.
-    source_only: optional predicate on a cache leaf's key path: True for leaves that are the same
-      on every beam of a sentence (computed from the source only). They stay [B, ...], once per
-      sentence, neither repeated per beam nor reordered, so `tokens_to_logits` must accept a
-      cache whose named leaves have B rows while its tokens have B * beam (the model's
-      cross-attention does: attention.MultiHeadAttention._attend_cache). A leaf that is named
-      but does differ between beams gives wrong results.
+    per_sentence: optional predicate on a cache leaf's key path: True for leaves that serve all
+      beams of a sentence (the same on every beam, or holding each beam's part where the model
+      finds it). They stay [B, ...], once per sentence, neither repeated per beam nor reordered,
+      so `tokens_to_logits` must accept a cache whose named leaves have B rows while its tokens
+      have B * beam (the model's attention does: attention.MultiHeadAttention._attend_cache). A
+      leaf that is named but holds one beam's values gives wrong results.
 
   Returns:
     sequences int32 [B, beam, max_decode_len] (no BOS, EOS included, PAD after) and scores
@@ -320,7 +322,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
     alive_seqs, alive_lp, parent, finished_seqs, finished_scores = extend(
         step, alive_seqs, alive_lp, finished_seqs, finished_scores, logits.reshape(B, K, -1))
     # The cache rows follow their parents.
-    cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent).reshape(B * K), source_only)
+    cache = _take_rows(cache, (jnp.arange(B)[:, None] * K + parent).reshape(B * K), per_sentence)
     return step + 1, alive_seqs, alive_lp, finished_seqs, finished_scores, cache
 
   # The first step: every beam would start from BOS with the same cache, so it runs once per
@@ -332,7 +334,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Cache, *, batch_size: i
       jnp.zeros((B, K, L), jnp.int32), jnp.full((B, K), NEG_INF, jnp.float32),
       logits.reshape(B, 1, -1))
   state = (jnp.int32(1), alive_seqs, alive_lp, finished_seqs, finished_scores,
-           _repeat_rows(cache, K, source_only))
+           _repeat_rows(cache, K, per_sentence))
   _, _, _, finished_seqs, finished_scores, _ = lax.while_loop(cond, body, state)
   finished_seqs = jnp.where(finished_scores[:, :, None] == NEG_INF, PAD_ID, finished_seqs)
   return finished_seqs, finished_scores

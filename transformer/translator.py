@@ -47,7 +47,7 @@ from jax.sharding import PartitionSpec as P
 from transformer.cli import line_list
 from transformer.config import EOS_ID, PAD_ID, TransformerConfig
 from transformer.decoding import beam_search
-from transformer.model import decode_step, init_decode_cache, is_source_cache
+from transformer.model import decode_step, init_decode_cache, is_sentence_cache
 
 BUCKET_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -89,14 +89,14 @@ def decode_batch(params: Any, inputs: jax.Array, max_lengths: jax.Array, *,
   sentences of a batch are independent, and each share stops when its own sentences are done.
   """
   def search(params, inputs, max_lengths):
-    cache = init_decode_cache(config, params, inputs, max_decode_len)
+    cache = init_decode_cache(config, params, inputs, max_decode_len, beams=beam_size)
 
     def tokens_to_logits(tokens, cache):
       return decode_step(config, params, cache, tokens)
 
     return beam_search(tokens_to_logits, cache, batch_size=inputs.shape[0], beam_size=beam_size,
                        length_penalty=length_penalty, max_decode_len=max_decode_len,
-                       max_lengths=max_lengths, eos_id=eos_id, source_only=is_source_cache)
+                       max_lengths=max_lengths, eos_id=eos_id, per_sentence=is_sentence_cache)
 
   if mesh is None:
     return search(params, inputs, max_lengths)
