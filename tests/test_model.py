@@ -134,6 +134,8 @@ def test_a_cache_made_for_the_beam_searches_as_gathering_every_cache(params):
   np.testing.assert_array_equal(sequences, expected)
   np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
   assert len({tuple(s) for s in np.asarray(sequences).reshape(9, 10).tolist()}) > 3
+  with pytest.raises(ValueError, match=r"beams=0 must be a positive integer"):
+    init_decode_cache(CFG, params, inputs, max_decode_len=10, beams=0)
 
 
 def test_decode_step_without_cache_says_how_to_make_one(params):

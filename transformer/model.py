@@ -282,6 +282,9 @@ def init_decode_cache(config: TransformerConfig, params: Any, inputs: Array,
   if max_decode_len > config.max_length:
     raise ValueError(f"max_decode_len={max_decode_len} exceeds TransformerConfig.max_length="
                      f"{config.max_length}.")
+  if not isinstance(beams, int) or isinstance(beams, bool) or beams < 1:
+    raise ValueError(f"beams={beams!r} must be a positive integer: the beam size the cache will "
+                     "be searched with (1 for greedy search).")
   config, params = unrolled_params(config, params)
   model = Transformer(config.replace(decode=True, deterministic=True))
   encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
