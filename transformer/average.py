@@ -78,10 +78,8 @@ def running_averages(workdir: str, counts: Sequence[int]) -> Iterator[tuple[Any,
 
 
 def average_checkpoints(workdir: str, last: int = 5) -> tuple[Any, Any, list[int]]:
-  """(averaged params, model config, steps) of the last `last` checkpoints in `workdir`.
-
-  Loads one checkpoint at a time (memory: two copies of the parameters in float32).
-  """
+  """(averaged params, model config, steps) of the last `last` checkpoints in `workdir`, loaded
+  one at a time (`running_averages` with one count)."""
   return next(running_averages(workdir, [last]))
 
 
@@ -220,13 +218,11 @@ def main(argv):
     else:
       cpu_devices.configure(FLAGS.cpu_devices, lambda n: True, collectives=False)
       compilation_cache.enable("auto")
-      from transformer.evaluate import run_config  # pylint: disable=g-import-not-at-top
-      from transformer.tasks import get_task  # pylint: disable=g-import-not-at-top
-      config = run_config(None, FLAGS.workdir)
-      options = {}
-      if get_task(config).name == "translation":
-        options = dict(beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty,
-                       max_examples=FLAGS.max_examples)
+      from transformer import evaluate  # pylint: disable=g-import-not-at-top
+      config = evaluate.run_config(None, FLAGS.workdir)
+      options = evaluate.search_options(config, beam_size=FLAGS.beam_size,
+                                        length_penalty=FLAGS.length_penalty,
+                                        max_examples=FLAGS.max_examples)
       path, steps, table = pick_average(FLAGS.workdir, counts, FLAGS.pick_on, config=config,
                                         output=FLAGS.output, **options)
   except (WorkdirError, ValueError) as e:

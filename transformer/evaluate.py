@@ -52,6 +52,12 @@ def evaluate_workdir(workdir: str, split: str, *, config=None, checkpoint: str |
                                    step=info.step, checkpoint_text=info.describe(), **options)
 
 
+def search_options(config, **options) -> dict:
+  """The decoding flags (beam_size, length_penalty, max_examples, ...) as the run's task takes
+  them: all of them for translation, none for a language model, which has no search."""
+  return options if get_task(config).name == "translation" else {}
+
+
 FLAGS = flags.FLAGS
 
 
@@ -96,10 +102,9 @@ def main(argv):
   compilation_cache.enable("auto")
   try:
     config = run_config(FLAGS.config, FLAGS.workdir)
-    options = {}
-    if get_task(config).name == "translation":
-      options = dict(beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty,
-                     max_examples=FLAGS.max_examples, batch_size=FLAGS.batch_size)
+    options = search_options(config, beam_size=FLAGS.beam_size,
+                             length_penalty=FLAGS.length_penalty,
+                             max_examples=FLAGS.max_examples, batch_size=FLAGS.batch_size)
     scores = evaluate_workdir(FLAGS.workdir, FLAGS.split, config=config,
                               checkpoint=FLAGS.checkpoint, **options)
   except (WorkdirError, ValueError) as e:
