@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -168,10 +169,15 @@ def numbers_run(tmp_path_factory):
   return workdir
 
 
-def test_pick_average_keeps_the_best_on_validation(numbers_run):
+def test_pick_average_keeps_the_best_on_validation(numbers_run, caplog):
   table_path = os.path.join(numbers_run, "eval_validation.json")
+  caplog.set_level(logging.INFO)
   path, steps, table = pick_average(numbers_run, [1, 2, 3], "validation", beam_size=1,
                                     max_examples=8)
+  # One line per candidate, not the evaluate command's sample translations for each of them.
+  assert not [r for r in caplog.records if r.getMessage().startswith("Sample ")]
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("average of")]
+  assert [line.split(":")[1].split()[0] for line in lines] == ["bleu"] * 3
   assert sorted(table) == [1, 2, 3] and path == os.path.join(numbers_run, "averaged")
   assert table[2]["checkpoint"] == "average of the last 2 (steps 20, 30)"
   best = max(table[n]["bleu"] for n in table)

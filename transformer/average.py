@@ -134,7 +134,9 @@ def pick_average(workdir: str, counts: Sequence[int], split: str = "validation",
   from transformer.evaluate import run_config  # pylint: disable=g-import-not-at-top
   from transformer.tasks import get_task  # pylint: disable=g-import-not-at-top
 
-  config = run_config(config, workdir)
+  config = run_config(config, workdir).copy_and_resolve_references()
+  with config.unlocked():  # one line per candidate; the samples are the evaluate command's
+    config.num_samples_to_print = 0
   task = get_task(config)
   tokenizer = workdir_lib.load_tokenizer(workdir)
   table, best = {}, None
