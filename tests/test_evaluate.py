@@ -1,5 +1,6 @@
 """translate_split and evaluate_workdir: translate a split, score it, write
-eval_<split>.json; from memory or a workdir."""
+eval_<split>.json (eval_<split>.<checkpoint>.json for other than the latest); from memory or a
+workdir."""
 
 import dataclasses
 import json
@@ -19,7 +20,7 @@ from transformer.tasks.translation import TranslationTask, resolve_split, transl
 from transformer.training.checkpointing import Checkpointer
 from transformer.training.steps import TrainState
 from transformer.training.validation import default_config
-from transformer.workdir import WorkdirError
+from transformer.workdir import WorkdirError, results_name
 
 KEYS = ("bleu", "chrf", "tokenized_bleu", "exact_match", "num_examples", "sacrebleu_signature")
 
@@ -83,7 +84,27 @@ def test_evaluate_from_workdir_checkpoint(run):
   assert result["split"] == resolve_split(config, "validation") == "validation"
   assert result["step"] == 5 and "step 5" in result["checkpoint"]
   assert result["num_examples"] == 4
-  assert os.path.exists(os.path.join(workdir, "eval_validation.json"))
+  latest_path = os.path.join(workdir, "eval_validation.json")
+  with open(latest_path, encoding="utf-8") as f:
+    latest = f.read()
+  # Another checkpoint's results go beside the latest's, not over them.
+  by_step = evaluate_workdir(workdir, "validation", checkpoint=5, max_examples=2, beam_size=1)
+  with open(os.path.join(workdir, "eval_validation.step5.json"), encoding="utf-8") as f:
+    assert json.load(f) == by_step and by_step["num_examples"] == 2
+  with open(os.path.join(workdir, "eval_validation.step5.txt"), encoding="utf-8") as f:
+    assert len(f.read().splitlines()) == 2
+  with open(latest_path, encoding="utf-8") as f:
+    assert f.read() == latest
+
+
+@pytest.mark.parametrize("checkpoint, name", [
+    ("latest", "eval_test"), (3000, "eval_test.step3000"), ("3000", "eval_test.step3000"),
+    ("averaged", "eval_test.averaged"), ("best", "eval_test.best"),
+    ("runs/x/checkpoints/3000/", "eval_test.step3000"),
+    ("/tmp/my average", "eval_test.my_average"),
+])
+def test_results_name_tells_checkpoints_apart(checkpoint, name):
+  assert results_name("test", checkpoint) == name
 
 
 def test_missing_pieces_name_what_to_do(tmp_path, run):

@@ -6,7 +6,9 @@ paper-style tokenized BLEU (transformer/scores.py), writing them to WORKDIR/eval
 (`bleu`, `chrf`, `tokenized_bleu`, `exact_match`, `num_examples`, `sacrebleu_signature`, and how
 they were obtained: checkpoint, beam size, length penalty, time) with the translations, one per
 line, in WORKDIR/eval_<split>.txt. A language model reports its loss in nats per token and its
-perplexity on the split.
+perplexity on the split. Those names are the latest checkpoint's; any other checkpoint's results
+go to eval_<split>.<checkpoint>.json and .txt (`averaged`, `best`, `step3000`: so scoring the
+average does not replace the latest's scores, nor the reverse).
 
 The parameters come from a checkpoint (`--checkpoint=latest|best|averaged|STEP|DIR`, see
 transformer/workdir.py); the run config from WORKDIR/config.json unless --config is given.
@@ -49,7 +51,9 @@ def evaluate_workdir(workdir: str, split: str, *, config=None, checkpoint: str |
   params, model_config, info = workdir_lib.load_params(workdir, checkpoint)
   return get_task(config).evaluate(config, workdir, split, params=params,
                                    model_config=model_config, tokenizer=tokenizer,
-                                   step=info.step, checkpoint_text=info.describe(), **options)
+                                   step=info.step, checkpoint_text=info.describe(),
+                                   results_name=workdir_lib.results_name(split, checkpoint),
+                                   **options)
 
 
 def search_options(config, **options) -> dict:
@@ -114,7 +118,8 @@ def main(argv):
   else:
     print(f"{scores['split']}: {scores['tokens']:,} tokens, {scores['checkpoint']}: loss "
           f"{scores['nll']:.4f} nats per token, perplexity {scores['perplexity']:.3f}")
-  print(f"Written to {os.path.join(os.path.abspath(FLAGS.workdir), f'eval_{FLAGS.split}.json')}")
+  name = workdir_lib.results_name(FLAGS.split, FLAGS.checkpoint)
+  print(f"Written to {os.path.join(os.path.abspath(FLAGS.workdir), name)}.json")
 
 
 if __name__ == "__main__":

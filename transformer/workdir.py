@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -148,6 +149,24 @@ def validation_scores(workdir: str) -> dict[str, dict[int, float]]:
         if isinstance(value, (int, float)) and math.isfinite(value):
           values[int(record["step"])] = float(value)
   return scores
+
+
+def results_name(split: str, checkpoint: str | int = "latest") -> str:
+  """The name (no extension) evaluate writes `split`'s scores and translations under:
+  `eval_<split>` for the latest checkpoint, as the trainer's final evaluation writes it, and
+  `eval_<split>.<checkpoint>` for any other (`averaged`, `best`, `step3000`, or a checkpoint
+  directory's name), so that scoring one checkpoint never replaces another's results."""
+  text = str(checkpoint)
+  if text == "latest":
+    return f"eval_{split}"
+  if text.lstrip("-").isdigit():
+    label = f"step{int(text)}"
+  elif text in CHECKPOINT_CHOICES:
+    label = text
+  else:  # a directory: a step's number, or an averaged checkpoint's folder name
+    name = os.path.basename(os.path.normpath(text))
+    label = f"step{name}" if name.isdigit() else re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+  return f"eval_{split}.{label}"
 
 
 def find_checkpoint(workdir: str, checkpoint: str | int = "latest") -> CheckpointInfo:

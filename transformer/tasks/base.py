@@ -106,7 +106,7 @@ class Task(Protocol):
   def evaluate(self, config, workdir: str, split: str, *, params, model_config, tokenizer,
                step: int | None = None, checkpoint_text: str = "", **options) -> dict:
     """Scores of `split` (the evaluate command's work), written to WORKDIR/eval_<split>.json
-    unless the option `write` is False."""
+    (or the option `results_name`'s .json) unless the option `write` is False."""
 
 
 def require_int(config, key: str, minimum: int = 1) -> None:

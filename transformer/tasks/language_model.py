@@ -119,9 +119,10 @@ class LanguageModelTask(TaskBase):
     return result
 
   def evaluate(self, config, workdir, split, *, params, model_config, tokenizer, step=None,
-               checkpoint_text="", write: bool = True, **options) -> dict:
+               checkpoint_text="", write: bool = True, results_name: str = "",
+               **options) -> dict:
     """Loss and perplexity over every token of the validation text (on one device); written to
-    WORKDIR/eval_<split>.json unless `write` is False."""
+    WORKDIR/<results_name>.json (default eval_<split>) unless `write` is False."""
     if split != "validation":
       raise ValueError(f"--split={split!r}: a language model is evaluated on --split=validation "
                        f"(the last {config.validation_fraction} of the text).")
@@ -142,7 +143,8 @@ class LanguageModelTask(TaskBase):
     logging.info("%s (%s): loss %.4f nats per token, perplexity %.3f", split, checkpoint_text,
                  scores["nll"], scores["perplexity"])
     if write and jax.process_index() == 0:
-      with open(os.path.join(workdir, f"eval_{split}.json"), "w", encoding="utf-8") as f:
+      path = os.path.join(workdir, (results_name or f"eval_{split}") + ".json")
+      with open(path, "w", encoding="utf-8") as f:
         json.dump(scores, f, indent=2)
         f.write("\n")
     return scores

@@ -49,12 +49,14 @@ def translate_split(config, workdir: str, split: str, *, params, model_config, t
                     max_examples: int = 0, beam_size: int | None = None,
                     length_penalty: float | None = None, batch_size: int | None = None,
                     write: bool = True, step: int | None = None,
-                    checkpoint_text: str = "") -> dict:
+                    checkpoint_text: str = "", results_name: str = "") -> dict:
   """Translates `split` (its first `max_examples` pairs; 0 = all), scores it, logs samples.
 
   Args:
     config: the run config (ConfigDict of configs/*.py).
-    workdir: where WORKDIR/eval_<split>.json and eval_<split>.txt are written (`write`).
+    workdir: where WORKDIR/<results_name>.json and .txt are written (`write`); the name is
+      eval_<split> unless given (the evaluate command names other checkpoints' results apart:
+      workdir.results_name).
     split: "test", "validation", "train" (mapped through config.*_split) or a split name.
     params, model_config, tokenizer: the model to translate with.
     beam_size, length_penalty: default config.beam_size, config.length_penalty (4 and 0.6).
@@ -109,10 +111,11 @@ def translate_split(config, workdir: str, split: str, *, params, model_config, t
                scores["sacrebleu_signature"])
   if write and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, f"eval_{split}.json"), "w", encoding="utf-8") as f:
+    path = os.path.join(workdir, results_name or f"eval_{split}")
+    with open(path + ".json", "w", encoding="utf-8") as f:
       json.dump(scores, f, indent=2)
       f.write("\n")
-    with open(os.path.join(workdir, f"eval_{split}.txt"), "w", encoding="utf-8") as f:
+    with open(path + ".txt", "w", encoding="utf-8") as f:
       f.writelines(h.replace("\n", " ") + "\n" for h in hypotheses)
   return scores
 
