@@ -172,3 +172,24 @@ def test_resume_with_changed_optimizer_settings_converts_the_state(tmp_path, cap
     assert any(f"{key}: checkpoint" in r.getMessage() and "converted" in r.getMessage()
                for r in caplog.records), key
   assert not os.path.exists(os.path.join(workdir, "checkpoints_broken"))
+
+
+def test_resuming_with_a_changed_config_names_each_change(tmp_path, caplog):
+  workdir = str(tmp_path)
+  config = tiny_run_config(steps=2, checkpoint_every=2)
+  config.eval_every_steps = 0
+  caplog.set_level("WARNING", logger="absl")
+  trainer.train_and_evaluate(config, workdir, data=_data(eval_batches=0))
+  trainer.train_and_evaluate(config, workdir, data=_data(eval_batches=0))  # the same config
+  assert not [r for r in caplog.records if "differs from this workdir's last run" in r.getMessage()]
+
+  config.schedule, config.num_train_steps, config.model.dropout_rate = "cosine", 4, 0.3
+  state = trainer.train_and_evaluate(config, workdir, data=_data(eval_batches=0))
+  assert int(state.step) == 4
+  [message] = [r.getMessage() for r in caplog.records
+               if "differs from this workdir's last run" in r.getMessage()]
+  old = tiny_run_config(steps=2)
+  assert f"schedule: {old.schedule!r} -> 'cosine'" in message
+  assert f"model.dropout_rate: {old.model.dropout_rate!r} -> 0.3" in message
+  assert "num_train_steps: 2 -> 4" in message
+  assert "seed" not in message

@@ -52,8 +52,29 @@ def write_resolved_config(config, model_config, workdir: str, mesh) -> None:
   record = {"config": config.to_dict(), "model": dataclasses.asdict(model_config),
             "devices": int(mesh.devices.size), "processes": jax.process_count(),
             "platform": jax.devices()[0].platform, "jax": jax.__version__}
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      previous = json.load(f).get("config", {})
+    changes = config_changes(previous, json.loads(json.dumps(record["config"], default=str)))
+    if changes:
+      logging.warning("The config differs from this workdir's last run (%s): %s. The run goes "
+                      "on with the new values.", path, "; ".join(changes))
+  with open(path, "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2, sort_keys=True, default=str)
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """`key: old -> new` for each key whose value differs between two config dicts (nested keys
+  dotted), so a resumed run says which settings (a schedule, a batch) it changed."""
+  changes = []
+  for key in sorted(set(old) | set(new)):
+    before, after = old.get(key, "(unset)"), new.get(key, "(unset)")
+    if isinstance(before, dict) and isinstance(after, dict):
+      changes += config_changes(before, after, f"{prefix}{key}.")
+    elif before != after:
+      changes.append(f"{prefix}{key}: {before!r} -> {after!r}")
+  return changes
 
 
 def startup_summary(config, model_config, abstract_state, mesh, first_batch: dict) -> dict:
