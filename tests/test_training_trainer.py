@@ -193,3 +193,7 @@ def test_resuming_with_a_changed_config_names_each_change(tmp_path, caplog):
   assert f"model.dropout_rate: {old.model.dropout_rate!r} -> 0.3" in message
   assert "num_train_steps: 2 -> 4" in message
   assert "seed" not in message
+
+  (tmp_path / "config.json").write_text('{"config": {"sched')  # cut short: not compared
+  config.num_train_steps = 5
+  assert int(trainer.train_and_evaluate(config, workdir, data=_data(eval_batches=0)).step) == 5

@@ -53,9 +53,12 @@ def write_resolved_config(config, model_config, workdir: str, mesh) -> None:
             "devices": int(mesh.devices.size), "processes": jax.process_count(),
             "platform": jax.devices()[0].platform, "jax": jax.__version__}
   path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
+  try:
     with open(path, encoding="utf-8") as f:
       previous = json.load(f).get("config", {})
+  except (OSError, ValueError, AttributeError):  # none yet, or cut short: nothing to compare
+    previous = None
+  if previous is not None:
     changes = config_changes(previous, json.loads(json.dumps(record["config"], default=str)))
     if changes:
       logging.warning("The config differs from this workdir's last run (%s): %s. The run goes "
