@@ -52,19 +52,20 @@ def write_resolved_config(config, model_config, workdir: str, mesh) -> None:
   record = {"config": config.to_dict(), "model": dataclasses.asdict(model_config),
             "devices": int(mesh.devices.size), "processes": jax.process_count(),
             "platform": jax.devices()[0].platform, "jax": jax.__version__}
+  text = json.dumps(record, indent=2, sort_keys=True, default=str)
   path = os.path.join(workdir, "config.json")
   try:
     with open(path, encoding="utf-8") as f:
       previous = json.load(f).get("config", {})
   except (OSError, ValueError, AttributeError):  # none yet, or cut short: nothing to compare
     previous = None
-  if previous is not None:
-    changes = config_changes(previous, json.loads(json.dumps(record["config"], default=str)))
+  if previous is not None:  # compared as written: tuples as lists, other values as text
+    changes = config_changes(previous, json.loads(text)["config"])
     if changes:
       logging.warning("The config differs from this workdir's last run (%s): %s. The run goes "
                       "on with the new values.", path, "; ".join(changes))
   with open(path, "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2, sort_keys=True, default=str)
+    f.write(text)
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
