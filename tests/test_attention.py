@@ -80,3 +80,26 @@ def test_multi_head_attention_shapes_and_sown_weights():
   (weights,) = state["intermediates"]["attention_weights"]
   assert weights.shape == (2, 4, 5, 7)
   np.testing.assert_allclose(out, out2, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_decoding_self_attention_projects_in_one_product_with_the_same_parameters(bias):
+  """A decoding step's self-attention applies W^Q, W^K, W^V side by side in one product once the
+  parameters exist; its output and cache must be the three separate projections' (what a call
+  whose keys come from another array runs), the parameters unchanged."""
+  cfg = C.tiny(d_model=32, num_heads=4, deterministic=True, attention_bias=bias, decode=True)
+  layer = MultiHeadAttention(cfg)
+  x = jax.random.normal(jax.random.key(1), (2, 1, 32))
+  variables = layer.init(jax.random.key(0), x, x, None, cache_len=4)
+  assert sorted(variables["params"]) == ["key", "out", "query", "value"]
+  # Distinct values in every kernel and bias, so that a swapped projection or bias shows.
+  leaves, tree = jax.tree.flatten(variables["params"])
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  params = tree.unflatten([jax.random.normal(k, p.shape) / 4 for k, p in zip(keys, leaves)])
+
+  def step(kv):
+    return layer.apply({"params": params, "cache": variables["cache"]}, x, kv, None,
+                       cache_len=4, mutable=["cache"])
+
+  together, separate = step(x), step(jnp.array(x))  # the latter: keys of another array
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), together, separate)
