@@ -8,7 +8,8 @@ on both sides (93% of the positions real tokens, against 76% for length-bucketed
 3,700 steps of the cosine schedule are what 60 minutes reach on 2 CPU cores (an Intel Xeon, 0.95 s
 a step): there, averaging the last checkpoints picked on validation gave 41.28 sacreBLEU on
 validation and 39.67 on test_2016_flickr (seed 1: 41.46 and 39.86; docs/translation.md has the
-commands and the recipes tried). On a faster machine raise `num_train_steps`: the schedule stretches with it.
+commands and the recipes tried). On a faster machine raise `num_train_steps`: the schedule
+stretches with it.
 """
 
 from transformer.config_files import load_config_file
