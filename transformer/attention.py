@@ -103,17 +103,16 @@ class MultiHeadAttention(nn.Module):
         nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), dtype=cfg.jnp_dtype,
         param_dtype=cfg.jnp_param_dtype, use_bias=cfg.attention_bias,
         kernel_init=nn.initializers.xavier_uniform())
-    one_product = cfg.decode and inputs_kv is inputs_q and not self.is_cross
-    if one_product:  # [batch, q_len, heads, d_k] each
-      query, key, value = self._decoding_projections(dense, inputs_q)
-    else:
-      query = dense(name="query")(inputs_q)
     from_cache = False
     if cfg.decode and self.is_cross:
+      query = dense(name="query")(inputs_q)  # [batch, q_len, heads, d_k]
       key, value, mask = self._cached_cross_attention(dense, inputs_kv, mask)
       from_cache = True
     else:
-      if not one_product:
+      if cfg.decode and inputs_kv is inputs_q and self._has_projections():
+        query, key, value = self._projections_in_one_product(inputs_q)
+      else:
+        query = dense(name="query")(inputs_q)
         key = dense(name="key")(inputs_kv)
         value = dense(name="value")(inputs_kv)
       if cfg.decode:
@@ -143,23 +142,22 @@ class MultiHeadAttention(nn.Module):
         use_bias=cfg.attention_bias, kernel_init=nn.initializers.xavier_uniform(),
         name="out")(out)
 
-  def _decoding_projections(self, dense, x: Array) -> tuple[Array, Array, Array]:
-    """W^Q, W^K and W^V of self-attention (§3.2.2) when decoding, all three of the same inputs.
+  def _has_projections(self) -> bool:
+    return all(self.has_variable("params", name) for name in ("query", "key", "value"))
 
-    Once the parameters exist (every call but `init`'s), as one product with the three kernels
-    side by side, [d_model, 3 x heads, d_k], then split: the same arithmetic in one matmul
-    instead of three. A decoding step's products have few rows (32 sentences a device), and on
-    a CPU such a product costs about what its call and its weights' passage do, not its rows:
-    greedy 2-5% faster (docs/performance.md). The concatenation depends on nothing that changes
-    per step, so XLA hoists it out of the decoding loop. Training keeps three products (no gain
-    measured at its 2,048 rows). The parameters stay three `DenseGeneral`s ("query", "key",
-    "value"), so checkpoints and ported weights are unchanged.
+  def _projections_in_one_product(self, x: Array) -> tuple[Array, Array, Array]:
+    """W^Q, W^K and W^V of a decoding step's self-attention (§3.2.2), all three of the same
+    inputs, as one product with the existing kernels side by side, [d_model, 3 x heads, d_k],
+    then split: the arithmetic of the three `DenseGeneral`s in one matmul. A decoding step's
+    products have few rows (32 sentences a device), and on a CPU such a product costs about what
+    its call and its weights' passage do, not its rows: greedy 2-5% faster (docs/performance.md).
+    The concatenation depends on nothing that changes per step, so XLA hoists it out of the
+    decoding loop. Training keeps three products (no gain measured at its 2,048 rows); `init`
+    too, which creates the parameters, still three ("query", "key", "value"), so checkpoints and
+    ported weights are unchanged.
     """
-    names = ("query", "key", "value")
-    if not all(self.has_variable("params", name) for name in names):
-      return tuple(dense(name=name)(x) for name in names)
     cfg = self.config
-    params = [self.get_variable("params", name) for name in names]
+    params = [self.get_variable("params", name) for name in ("query", "key", "value")]
     kernel = jnp.concatenate([p["kernel"] for p in params], axis=1).astype(cfg.jnp_dtype)
     y = jnp.einsum("...d,dhk->...hk", x.astype(cfg.jnp_dtype), kernel)
     if cfg.attention_bias:
