@@ -73,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 98.0% (98.4% without dropout); warmup 200 98.6%; warmup 200 with learning_rate 2 diverged
   # (28%); the unigram 512 of before needed 400 steps for 98.0%. With warmup_steps=400 the rate
   # rises through the whole run (§5.3's schedule cut before its peak).
+  config.train_minutes = 0.0        # a wall-clock budget instead: when > 0 the trainer fixes
+                                    # num_train_steps at the end of the warm-up to what the rest
+                                    # of it holds at the pace measured (transformer/training/
+                                    # time_budget.py; WORKDIR/train_budget.json). 0 = off
   config.log_every_steps = 50
   config.eval_every_steps = 150
   config.num_eval_batches = 4       # validation batches per evaluation (0 = the whole split)

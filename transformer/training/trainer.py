@@ -33,6 +33,7 @@ from transformer.training.checkpointing import Checkpointer, PreemptionWatcher, 
 from transformer.training.flops import batch_flops, peak_flops_per_device, train_step_flops
 from transformer.training.optimizer import learning_rate_at, optimizer_from_config
 from transformer.training.steps import TrainState, convert_state, eval_step, init_state, train_step
+from transformer.training.time_budget import TimeBudget
 from transformer.training.validation import validate_config
 from transformer.training.workdir_lock import WorkdirLock
 from transformer.training.writers import MetricWriter
@@ -185,6 +186,25 @@ def _stop_requested(watcher: PreemptionWatcher, sync_point: bool) -> bool:
   return bool(np.max(flags))
 
 
+def _fix_total_steps(budget: TimeBudget, config, step: int, start_step: int):
+  """The run's config with the step count the budget holds (process 0's, on every host), and
+  that count; process 0 records it in the workdir."""
+  record = budget.fix_total(step, start_step)
+  total = record["num_train_steps"]
+  if jax.process_count() > 1:
+    total = int(multihost_utils.broadcast_one_to_all(np.int32(total)))
+    record["num_train_steps"] = total
+  if jax.process_index() == 0:
+    budget.write(record)
+  logging.info("Time budget: %d steps (fixed at step %d: %.3f s a step, %.0f of %.0f s spent).",
+               total, step, record["seconds_per_step"], record["spent_seconds_at_calibration"],
+               budget.budget_s)
+  if total == step:
+    logging.warning("The budget train_minutes=%g was spent by step %d, the end of the warm-up; "
+                    "training stops there.", budget.minutes, step)
+  return _with_total_steps(config, total), total
+
+
 def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None) -> TrainState:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), then evaluates.
 
@@ -210,12 +230,26 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
       lock.release()
 
 
+def _with_total_steps(config, total: int):
+  """A copy of `config` that trains for `total` steps (the count a time budget fixed)."""
+  config = config.copy_and_resolve_references()
+  config.num_train_steps = total
+  return config
+
+
 def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
                         task: Task) -> TrainState:
+  minutes = config.get("train_minutes", 0.0)
+  budget = TimeBudget(minutes, config.warmup_steps, workdir) if minutes else None
   if data is None:
     data = task.data(config, workdir)
   model_config = task.model_config(config, data.vocab_size)
   write_resolved_config(config, model_config, workdir, mesh)
+  if budget is not None:
+    total, how = budget.recorded_total()
+    if total is not None:  # fixed by this run before a resume: the same schedule
+      logging.info("Time budget: %d steps, %s.", total, how)
+      config, budget = _with_total_steps(config, total), None
 
   tx = optimizer_from_config(config, model_config.d_model)
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -257,13 +291,17 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
                  checkpointer.directory)
 
   accum = config.grad_accum_steps
-  train_fn = jax.jit(
-      functools.partial(train_step, forward=task.forward(model_config), tx=tx,
-                        label_smoothing=config.label_smoothing, dropout_key=dropout_key,
-                        grad_accum_steps=accum, batch_metrics=task.batch_metrics),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
+
+  def compile_train_step(tx):
+    return jax.jit(
+        functools.partial(train_step, forward=task.forward(model_config), tx=tx,
+                          label_smoothing=config.label_smoothing, dropout_key=dropout_key,
+                          grad_accum_steps=accum, batch_metrics=task.batch_metrics),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0)
+
+  train_fn = compile_train_step(tx)
   eval_fn = jax.jit(
       functools.partial(eval_step, forward=task.forward(model_config.replace(deterministic=True)),
                         label_smoothing=0.0),
@@ -279,6 +317,12 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
   watcher = PreemptionWatcher()
   buffer = _MetricsBuffer()
   num_steps = config.num_train_steps
+  calibrate_at = None
+  if budget is not None:  # run to the calibration step, then to the count fixed there
+    calibrate_at = budget.calibrates_at(start_step)
+    num_steps = calibrate_at
+    logging.info("Time budget: train_minutes=%g; the step count is fixed at step %d from the "
+                 "pace of the steps before it.", minutes, calibrate_at)
   bar = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=jax.process_index() != 0, mininterval=1.0, desc="train")
   pending_batch = first_batch
@@ -289,7 +333,8 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
   step = start_step
   try:
     interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
-    for step in range(start_step + 1, num_steps + 1):
+    while step < num_steps:
+      step += 1
       metrics = None
       for _ in range(accum):
         batch = pending_batch if pending_batch is not None else next(train_iter)
@@ -306,6 +351,16 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
         logging.info("First step (compilation included) took %.1f s",
                      time.perf_counter() - interval_start)
         interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
+        if budget is not None:
+          budget.first_step_done(step)
+
+      if step == calibrate_at:
+        jax.block_until_ready(state)
+        config, num_steps = _fix_total_steps(budget, config, step, start_step)
+        budget, calibrate_at = None, None
+        train_fn = compile_train_step(optimizer_from_config(config, model_config.d_model))
+        bar.total = num_steps
+        bar.refresh()
 
       is_last = step == num_steps
       log_now = step % config.log_every_steps == 0 or is_last

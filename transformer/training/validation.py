@@ -17,6 +17,7 @@ from transformer.tasks import get_task
 from transformer.tasks.base import require_int
 from transformer.training.schedules import SCHEDULES
 from transformer.training.sharding import PARALLELISMS
+from transformer.training.time_budget import calibration_step
 
 __all__ = ["ConfigError", "default_config", "reference_config", "validate_config"]
 
@@ -95,6 +96,16 @@ def validate_config(config, *, num_devices: int, process_count: int = 1,
   minutes = config.get("checkpoint_every_minutes", 0.0)
   if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0:
     raise ConfigError(f"checkpoint_every_minutes={minutes!r} must be a number >= 0 (0 = off).")
+  budget = config.get("train_minutes", 0.0)
+  if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
+    raise ConfigError(f"train_minutes={budget!r} must be a number >= 0 (0 = off: train "
+                      "num_train_steps steps).")
+  if budget and config.schedule == "cosine" and config.warmup_steps < calibration_step(0):
+    raise ConfigError(
+        f"warmup_steps={config.warmup_steps} is too short for train_minutes={budget!r} with "
+        f"schedule='cosine': the step count is fixed at the end of the warm-up from the steps "
+        f"timed before it, so use warmup_steps >= {calibration_step(0)}, or train_minutes=0 "
+        "and num_train_steps.")
   if not isinstance(config.get("compilation_cache_dir", ""), str):
     raise ConfigError(f"compilation_cache_dir={config.compilation_cache_dir!r} must be a path, "
                       "'auto' or '' (off).")

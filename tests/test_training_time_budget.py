@@ -1,0 +1,106 @@
+"""config.train_minutes: the step count fixed at the end of the warm-up from the measured pace."""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from transformer.training import synthetic, time_budget, trainer
+from transformer.training.smoke import tiny_run_config
+from transformer.training.time_budget import MIN_TIMED_STEPS, TimeBudget
+from transformer.training.writers import read_metrics
+
+VOCAB, ROWS, LENGTH = 48, 8, 12
+
+
+class FakeClock:
+  """Returns the given times in turn (the budget reads the clock at known points only)."""
+
+  def __init__(self, *times):
+    self.times = list(times)
+
+  def __call__(self):
+    return self.times.pop(0)
+
+
+def _data():
+  return trainer.TrainingData(
+      vocab_size=VOCAB,
+      train_iter=synthetic.make_train_iterator(rows=ROWS, length=LENGTH, vocab_size=VOCAB),
+      eval_batches=[])
+
+
+@pytest.mark.parametrize("started, first_done, calibrated, earlier", [
+    (0.0, 25.0, 145.0, 0), (0.0, 3.0, 23.0, 0), (0.0, 30.0, 50.0, 40)])
+def test_the_steps_fixed_fill_the_budget_and_no_more(tmp_path, started, first_done, calibrated,
+                                                     earlier):
+  """With the pace of the timed steps, the steps after the calibration end within the budget and
+  one more would not; steps an earlier process took count against it at the same pace."""
+  budget = TimeBudget(10.0, warmup_steps=0, workdir=str(tmp_path),
+                      clock=FakeClock(started, first_done, calibrated))
+  at = budget.calibrates_at(earlier)
+  assert at == max(MIN_TIMED_STEPS + 1, earlier + MIN_TIMED_STEPS + 1)
+  budget.first_step_done(earlier + 1)
+  record = budget.fix_total(at, earlier)
+  pace = (calibrated - first_done) / (at - earlier - 1)
+  assert record["seconds_per_step"] == pytest.approx(pace)
+  after = record["num_train_steps"] - at
+  used = calibrated - started + earlier * pace  # this process's time, and the earlier steps'
+  assert used + after * pace <= 600.0 < used + (after + 1) * pace
+  assert record["spent_seconds_at_calibration"] == pytest.approx(used)
+
+
+def test_a_budget_spent_before_the_calibration_stops_there(tmp_path):
+  budget = TimeBudget(1.0, warmup_steps=100, workdir=str(tmp_path),
+                      clock=FakeClock(0.0, 10.0, 70.0))
+  budget.first_step_done(1)
+  assert budget.fix_total(100, 0)["num_train_steps"] == 100
+
+
+def test_the_record_is_reread_and_a_changed_budget_rederived_from_its_pace(tmp_path):
+  budget = TimeBudget(5.0, warmup_steps=50, workdir=str(tmp_path),
+                      clock=FakeClock(0.0, 10.0, 59.0))
+  assert budget.recorded_total() == (None, "")
+  budget.first_step_done(1)
+  record = budget.fix_total(50, 0)  # 1 s a step, 59 s spent: 241 more steps in 300 s
+  budget.write(record)
+  same, how = TimeBudget(5.0, 50, str(tmp_path), clock=lambda: 0.0).recorded_total()
+  assert same == record["num_train_steps"] and "as fixed at step 50" in how
+  doubled, how = TimeBudget(10.0, 50, str(tmp_path), clock=lambda: 0.0).recorded_total()
+  assert doubled - 50 == pytest.approx(2 * (same - 50) + 59, abs=1)  # 600 s - 59 s at 1 s a step
+  assert "re-derived for train_minutes=10" in how and "1.000 s a step" in how
+  (tmp_path / time_budget.RECORD).write_text('{"num_train_steps": 3')  # cut short: calibrate again
+  assert TimeBudget(5.0, 50, str(tmp_path)).recorded_total() == (None, "")
+
+
+def test_a_budget_run_is_the_run_of_the_count_it_fixed_and_keeps_it_on_resume(tmp_path,
+                                                                              monkeypatch):
+  """The trainer times the warm-up, fixes the count (here 11 + 20 steps: 1 s a step, 40 of 60 s
+  spent) and trains exactly the run that `num_train_steps` = that count would have trained: the
+  same cosine learning rates and losses at every step. Resuming keeps the count."""
+  config = tiny_run_config(steps=500, checkpoint_every=1000)  # 500: planned, replaced
+  config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
+  config.train_minutes = 1.0
+  budget_dir, fixed_dir = tmp_path / "budget", tmp_path / "fixed"
+  monkeypatch.setattr(trainer, "TimeBudget",
+                      functools.partial(TimeBudget, clock=FakeClock(0.0, 30.0, 40.0)))
+  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data())
+  assert int(state.step) == 31
+  record = json.loads((budget_dir / time_budget.RECORD).read_text())
+  assert record["num_train_steps"] == 31 and record["calibrated_at_step"] == 11
+  assert record["seconds_per_step"] == pytest.approx(1.0)
+
+  fixed = config.copy_and_resolve_references()
+  fixed.train_minutes, fixed.num_train_steps = 0.0, 31
+  trainer.train_and_evaluate(fixed, str(fixed_dir), data=_data())
+  with_budget, with_count = read_metrics(str(budget_dir), "train"), read_metrics(str(fixed_dir),
+                                                                                "train")
+  assert [r["step"] for r in with_budget] == list(range(1, 32))
+  for key in ("learning_rate", "loss"):
+    np.testing.assert_allclose([r[key] for r in with_budget], [r[key] for r in with_count],
+                               rtol=1e-6, err_msg=key)
+  assert with_budget[-1]["learning_rate"] < 0.01 * config.learning_rate  # the cosine's end
+
+  monkeypatch.setattr(trainer, "TimeBudget", functools.partial(TimeBudget, clock=lambda: 1e9))
+  assert int(trainer.train_and_evaluate(config, str(budget_dir), data=_data()).step) == 31

@@ -1,0 +1,105 @@
+"""A run's number of steps from a wall-clock budget (`config.train_minutes`).
+
+A schedule that ends at the last step (the cosine) must know the step count before it decays;
+how many steps an hour holds depends on the machine. With `train_minutes` > 0 the trainer times
+the steps of the warm-up, whose learning rates do not depend on the step count, and at the end of
+it fixes the count to what the rest of the budget holds at that pace:
+
+    total = c + floor((60 * train_minutes - spent) / seconds_per_step)
+
+where c is the calibration step, `seconds_per_step` the mean time of this process's steps after
+its first (compilation) up to step c, validations and checkpoint saves in between included, and
+`spent` the time since the trainer started (data preparation and compilation included) plus the
+steps that earlier processes of the same run took before a resume, counted at that pace. The
+count is written to WORKDIR/train_budget.json, so a resumed run keeps its schedule (or re-derives
+it from the recorded pace when `train_minutes` changed) and is deterministic from there.
+
+This module only does the arithmetic and the record; the trainer decides when to call it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+# Steps timed at least (after the compiling first step) before the count is fixed.
+MIN_TIMED_STEPS = 10
+RECORD = "train_budget.json"
+
+
+def calibration_step(warmup_steps: int) -> int:
+  """The step at whose end the count is fixed: the warm-up's last (its rates are the same for any
+  count), or later when the warm-up is too short to time (schedules that never depend on the
+  count: "paper", "constant")."""
+  return max(warmup_steps, MIN_TIMED_STEPS + 1)
+
+
+def steps_within(budget_s: float, *, step: int, seconds_per_step: float,
+                 spent_s: float) -> int:
+  """The total step count: `step` plus the whole steps that `budget_s - spent_s` holds."""
+  remaining = budget_s - spent_s
+  if remaining <= 0 or seconds_per_step <= 0:
+    return step
+  return step + math.floor(remaining / seconds_per_step)
+
+
+class TimeBudget:
+  """Times one process's steps and fixes the run's step count once, at `calibration_step`.
+
+  The clock is read three times: when the trainer starts (`__init__`), when the first step of
+  this process has finished (`first_step_done`), and at the calibration step (`fix_total`).
+  """
+
+  def __init__(self, minutes: float, warmup_steps: int, workdir: str, clock=time.monotonic):
+    self.budget_s = 60.0 * minutes
+    self.minutes = minutes
+    self.at_step = calibration_step(warmup_steps)
+    self.path = os.path.join(workdir, RECORD)
+    self.clock = clock
+    self.started = clock()
+    self.first_done_time = None
+    self.first_done_step = None
+
+  def recorded_total(self) -> tuple[int | None, str]:
+    """The count this workdir's run fixed before (None if it has none yet) and a note saying how
+    it was obtained; a changed budget is re-derived from the recorded pace."""
+    try:
+      with open(self.path, encoding="utf-8") as f:
+        record = json.load(f)
+      total, minutes = int(record["num_train_steps"]), float(record["train_minutes"])
+      at_step, pace = int(record["calibrated_at_step"]), float(record["seconds_per_step"])
+      spent = float(record["spent_seconds_at_calibration"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or cut short: calibrate again
+      return None, ""
+    if minutes == self.minutes:
+      return total, f"as fixed at step {at_step} for train_minutes={minutes:g} ({self.path})"
+    total = steps_within(self.budget_s, step=at_step, seconds_per_step=pace, spent_s=spent)
+    return total, (f"re-derived for train_minutes={self.minutes:g} (the run fixed it for "
+                   f"{minutes:g}) from the pace recorded at step {at_step}, {pace:.3f} s a step")
+
+  def calibrates_at(self, start_step: int) -> int:
+    """The step at which this process fixes the count: `at_step`, or, when it resumed too close
+    to it or past it, once MIN_TIMED_STEPS steps of its own are timed."""
+    return max(self.at_step, start_step + MIN_TIMED_STEPS + 1)
+
+  def first_step_done(self, step: int) -> None:
+    self.first_done_time, self.first_done_step = self.clock(), step
+
+  def fix_total(self, step: int, start_step: int) -> dict:
+    """The record of the count fixed at the end of `step` (this process began after
+    `start_step`); written to WORKDIR/train_budget.json by `write`."""
+    now = self.clock()
+    pace = (now - self.first_done_time) / (step - self.first_done_step)
+    spent = now - self.started + start_step * pace
+    total = steps_within(self.budget_s, step=step, seconds_per_step=pace, spent_s=spent)
+    return {"train_minutes": self.minutes, "num_train_steps": total,
+            "calibrated_at_step": step, "seconds_per_step": pace,
+            "spent_seconds_at_calibration": spent, "earlier_steps": start_step}
+
+  def write(self, record: dict) -> None:
+    tmp = self.path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(record, f, indent=2)
+    os.replace(tmp, self.path)
