@@ -117,3 +117,7 @@ def test_missing_pieces_name_what_to_do(tmp_path, run):
   save_tokenizer(tokenizer, os.path.join(str(tmp_path), "tokenizer.model"))
   with pytest.raises(WorkdirError, match=r"No checkpoint.*python train\.py"):
     evaluate_workdir(str(tmp_path), "test", config=config)
+  (tmp_path / "config.json").write_text('{"config": {"vocab_si')  # a write cut short by a kill
+  with pytest.raises(WorkdirError, match=r"config\.json is not valid JSON \(.*\)\. Delete it and "
+                     r"pass --config"):
+    evaluate_workdir(str(tmp_path), "test")

@@ -31,6 +31,7 @@ from absl import logging
 from transformer import checkpoint_integrity, models
 from transformer.cli import line_list
 from transformer.config import TransformerConfig, upgrade_record
+from transformer.config_files import read_run_record
 from transformer.data.tokenizer import (
   CHARACTERS_FILENAME,
   TOKENIZER_FILENAME,
@@ -94,11 +95,11 @@ def load_run_config(workdir: str):
 
 
 def _read_config_json(workdir: str) -> dict | None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    return read_run_record(workdir)
+  except ValueError as e:
+    raise WorkdirError(f"{e} Delete it and pass --config=configs/X.py (the config the run was "
+                       "trained with), or resume the run, which writes it anew.") from None
 
 
 def model_config_from_json(record: dict) -> TransformerConfig:

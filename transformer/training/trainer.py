@@ -25,6 +25,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from transformer.config_files import RUN_RECORD, read_run_record
 from transformer.loss import summarize
 from transformer.models import count_params
 from transformer.tasks import Task, TrainingData, get_task
@@ -54,13 +55,12 @@ def write_resolved_config(config, model_config, workdir: str, mesh) -> None:
             "devices": int(mesh.devices.size), "processes": jax.process_count(),
             "platform": jax.devices()[0].platform, "jax": jax.__version__}
   text = json.dumps(record, indent=2, sort_keys=True, default=str)
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, RUN_RECORD)
   try:
-    with open(path, encoding="utf-8") as f:
-      previous = json.load(f).get("config", {})
-  except (OSError, ValueError, AttributeError):  # none yet, or cut short: nothing to compare
+    previous = (read_run_record(workdir) or {}).get("config")
+  except (OSError, ValueError):  # unreadable or cut short: nothing to compare
     previous = None
-  if previous is not None:  # compared as written: tuples as lists, other values as text
+  if isinstance(previous, dict):  # compared as written: tuples as lists, other values as text
     changes = config_changes(previous, json.loads(text)["config"])
     if changes:
       logging.warning("The config differs from this workdir's last run (%s): %s. The run goes "
