@@ -51,10 +51,9 @@ def read_run_record(workdir: str) -> dict | None:
   path = os.path.join(workdir, RUN_RECORD)
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
   try:
-    record = json.loads(text)
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
   except ValueError as e:
     raise ValueError(f"{path} is not valid JSON ({e}).") from None
   if not isinstance(record, dict):

@@ -26,6 +26,7 @@ import time
 
 # Steps timed at least (after the compiling first step) before the count is fixed.
 MIN_TIMED_STEPS = 10
+MIN_CALIBRATION_STEP = MIN_TIMED_STEPS + 1
 RECORD = "train_budget.json"
 
 
@@ -33,7 +34,7 @@ def calibration_step(warmup_steps: int) -> int:
   """The step at whose end the count is fixed: the warm-up's last (its rates are the same for any
   count), or later when the warm-up is too short to time (schedules that never depend on the
   count: "paper", "constant")."""
-  return max(warmup_steps, MIN_TIMED_STEPS + 1)
+  return max(warmup_steps, MIN_CALIBRATION_STEP)
 
 
 def steps_within(budget_s: float, *, step: int, seconds_per_step: float,

@@ -200,8 +200,8 @@ def _fix_total_steps(budget: TimeBudget, config, step: int, start_step: int):
                total, step, record["seconds_per_step"], record["spent_seconds_at_calibration"],
                budget.budget_s)
   if total == step:
-    logging.warning("The budget train_minutes=%g was spent by step %d, the end of the warm-up; "
-                    "training stops there.", budget.minutes, step)
+    logging.warning("The budget train_minutes=%g was spent by step %d, where the step count is "
+                    "fixed; training stops there.", budget.minutes, step)
   return _with_total_steps(config, total), total
 
 

@@ -17,7 +17,7 @@ from transformer.tasks import get_task
 from transformer.tasks.base import require_int
 from transformer.training.schedules import SCHEDULES
 from transformer.training.sharding import PARALLELISMS
-from transformer.training.time_budget import calibration_step
+from transformer.training.time_budget import MIN_CALIBRATION_STEP
 
 __all__ = ["ConfigError", "default_config", "reference_config", "validate_config"]
 
@@ -82,6 +82,14 @@ def trains_on(config, num_devices: int) -> bool:
   return True
 
 
+def _require_minutes(config, key: str, off: str) -> float:
+  """config[key] (0 when unset), a number of minutes >= 0; ConfigError naming the key if not."""
+  minutes = config.get(key, 0.0)
+  if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0:
+    raise ConfigError(f"{key}={minutes!r} must be a number >= 0 ({off}).")
+  return minutes
+
+
 def validate_config(config, *, num_devices: int, process_count: int = 1,
                     vocab_size: int | None = None) -> None:
   """Raises ConfigError naming the key when `config` cannot train on `num_devices` devices."""
@@ -93,18 +101,13 @@ def validate_config(config, *, num_devices: int, process_count: int = 1,
   for key in ("eval_every_steps", "checkpoint_every_steps", "num_eval_batches", "warmup_steps",
               "seed"):
     require_int(config, key, minimum=0)
-  minutes = config.get("checkpoint_every_minutes", 0.0)
-  if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0:
-    raise ConfigError(f"checkpoint_every_minutes={minutes!r} must be a number >= 0 (0 = off).")
-  budget = config.get("train_minutes", 0.0)
-  if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
-    raise ConfigError(f"train_minutes={budget!r} must be a number >= 0 (0 = off: train "
-                      "num_train_steps steps).")
-  if budget and config.schedule == "cosine" and config.warmup_steps < calibration_step(0):
+  _require_minutes(config, "checkpoint_every_minutes", "0 = off")
+  budget = _require_minutes(config, "train_minutes", "0 = off: train num_train_steps steps")
+  if budget and config.schedule == "cosine" and config.warmup_steps < MIN_CALIBRATION_STEP:
     raise ConfigError(
         f"warmup_steps={config.warmup_steps} is too short for train_minutes={budget!r} with "
         f"schedule='cosine': the step count is fixed at the end of the warm-up from the steps "
-        f"timed before it, so use warmup_steps >= {calibration_step(0)}, or train_minutes=0 "
+        f"timed before it, so use warmup_steps >= {MIN_CALIBRATION_STEP}, or train_minutes=0 "
         "and num_train_steps.")
   if not isinstance(config.get("compilation_cache_dir", ""), str):
     raise ConfigError(f"compilation_cache_dir={config.compilation_cache_dir!r} must be a path, "
