@@ -15,13 +15,14 @@ VOCAB, ROWS, LENGTH = 48, 8, 12
 
 
 class FakeClock:
-  """Returns the given times in turn (the budget reads the clock at known points only)."""
+  """Returns the given times in turn, then the last one again (the budget reads the clock at known
+  points only: start, first step, calibration, then each log step)."""
 
   def __init__(self, *times):
     self.times = list(times)
 
   def __call__(self):
-    return self.times.pop(0)
+    return self.times.pop(0) if len(self.times) > 1 else self.times[0]
 
 
 def _data():
@@ -104,3 +105,36 @@ def test_a_budget_run_is_the_run_of_the_count_it_fixed_and_keeps_it_on_resume(tm
 
   monkeypatch.setattr(trainer, "TimeBudget", functools.partial(TimeBudget, clock=lambda: 1e9))
   assert int(trainer.train_and_evaluate(config, str(budget_dir), data=_data()).step) == 31
+
+
+def test_a_machine_slower_after_the_calibration_ends_the_run_at_the_deadline(tmp_path,
+                                                                            monkeypatch):
+  """Calibrated at 1 s a step (31 steps in 60 s), the steps then take 2 s each: step k ends at
+  40 + 2 (k - 11) s, so step 21 is the last to end within the budget. The run ends there, on the
+  schedule of 31 steps (the same rates and losses as the run of 31 steps, to step 21), records
+  it, and the same command trains nothing more; a larger budget trains on."""
+  config = tiny_run_config(steps=500, checkpoint_every=1000)
+  config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
+  config.train_minutes = 1.0
+  budget_dir, fixed_dir = tmp_path / "budget", tmp_path / "fixed"
+  slower = [40.0 + 2.0 * (k - 11) for k in range(12, 40)]  # read at each log step after 11
+  monkeypatch.setattr(trainer, "TimeBudget",
+                      functools.partial(TimeBudget, clock=FakeClock(0.0, 30.0, 40.0, *slower)))
+  assert int(trainer.train_and_evaluate(config, str(budget_dir), data=_data()).step) == 21
+  record = json.loads((budget_dir / time_budget.RECORD).read_text())
+  assert record["num_train_steps"] == 31 and record["stopped_at_step"] == 21
+
+  fixed = config.copy_and_resolve_references()
+  fixed.train_minutes, fixed.num_train_steps = 0.0, 31
+  trainer.train_and_evaluate(fixed, str(fixed_dir), data=_data())
+  with_budget, with_count = read_metrics(str(budget_dir), "train"), read_metrics(str(fixed_dir),
+                                                                                "train")
+  assert [r["step"] for r in with_budget] == list(range(1, 22))
+  for key in ("learning_rate", "loss"):
+    np.testing.assert_allclose([r[key] for r in with_budget], [r[key] for r in with_count[:21]],
+                               rtol=1e-6, err_msg=key)
+
+  monkeypatch.setattr(trainer, "TimeBudget", functools.partial(TimeBudget, clock=lambda: 1e9))
+  assert int(trainer.train_and_evaluate(config, str(budget_dir), data=_data()).step) == 21
+  config.train_minutes = 2.0  # re-derived from the recorded pace: 11 + (120 - 40) / 1 steps
+  assert int(trainer.train_and_evaluate(config, str(budget_dir), data=_data()).step) == 91

@@ -14,6 +14,13 @@ steps that earlier processes of the same run took before a resume, counted at th
 count is written to WORKDIR/train_budget.json, so a resumed run keeps its schedule (or re-derives
 it from the recorded pace when `train_minutes` changed) and is deterministic from there.
 
+The budget is also a deadline: a machine that slows down after the calibration would overrun it
+with the count fixed, so at each log step (where the trainer syncs anyway) the last step that
+still ends within the budget is predicted from the pace so far, and the run ends there if that
+comes before the count (`last_step_in_time`). The schedule stays the one fixed; the steps cut are
+its last, whose rates are near 0 on a cosine. Where the run ended is recorded too, so that running
+the same command again does not train past it.
+
 This module only does the arithmetic and the record; the trainer decides when to call it.
 """
 
@@ -49,8 +56,9 @@ def steps_within(budget_s: float, *, step: int, seconds_per_step: float,
 class TimeBudget:
   """Times one process's steps and fixes the run's step count once, at `calibration_step`.
 
-  The clock is read three times: when the trainer starts (`__init__`), when the first step of
-  this process has finished (`first_step_done`), and at the calibration step (`fix_total`).
+  The clock is read when the trainer starts (`__init__`), when the first step of this process has
+  finished (`first_step_done`), at the calibration step (`fix_total`), and at each log step after
+  it to keep the deadline (`last_step_in_time`).
   """
 
   def __init__(self, minutes: float, warmup_steps: int, workdir: str, clock=time.monotonic):
@@ -62,6 +70,9 @@ class TimeBudget:
     self.started = clock()
     self.first_done_time = None
     self.first_done_step = None
+    self.pace = None  # seconds a step: measured here, or recorded by this run before a resume
+    self.deadline = None  # the clock reading by which this process's last step must end
+    self.stopped_at = None  # the step where this run ended at the deadline before, if it did
 
   def recorded_total(self) -> tuple[int | None, str]:
     """The count this workdir's run fixed before (None if it has none yet) and a note saying how
@@ -72,8 +83,11 @@ class TimeBudget:
       total, minutes = int(record["num_train_steps"]), float(record["train_minutes"])
       at_step, pace = int(record["calibrated_at_step"]), float(record["seconds_per_step"])
       spent = float(record["spent_seconds_at_calibration"])
+      stopped = record.get("stopped_for_minutes") == self.minutes
+      stopped_at = int(record["stopped_at_step"]) if stopped else None
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or cut short: calibrate again
       return None, ""
+    self.pace, self.stopped_at = pace, stopped_at
     if minutes == self.minutes:
       return total, f"as fixed at step {at_step} for train_minutes={minutes:g} ({self.path})"
     total = steps_within(self.budget_s, step=at_step, seconds_per_step=pace, spent_s=spent)
@@ -85,8 +99,28 @@ class TimeBudget:
     to it or past it, once MIN_TIMED_STEPS steps of its own are timed."""
     return max(self.at_step, start_step + MIN_TIMED_STEPS + 1)
 
+  def start(self, start_step: int) -> None:
+    """This process resumed after `start_step` (0 if it did not): with a recorded pace, the
+    deadline is set from here (the earlier steps count against the budget at that pace)."""
+    if self.pace is not None:
+      self.deadline = self.started + self.budget_s - start_step * self.pace
+
   def first_step_done(self, step: int) -> None:
     self.first_done_time, self.first_done_step = self.clock(), step
+
+  def last_step_in_time(self, step: int, total: int) -> int:
+    """The last step (at most `total`) that ends by the deadline, predicted at the end of `step`
+    from the mean pace of this process's steps after its first (validations and saves included;
+    the recorded pace until MIN_TIMED_STEPS are timed). `step` itself once the deadline passed."""
+    if self.deadline is None:
+      return total
+    now = self.clock()
+    timed = step - self.first_done_step if self.first_done_step is not None else 0
+    pace = (now - self.first_done_time) / timed if timed >= MIN_TIMED_STEPS else self.pace
+    if pace <= 0:  # no time measured (a coarse clock): nothing to predict from
+      return total
+    return min(total, steps_within(self.deadline, step=step, seconds_per_step=pace,
+                                   spent_s=now))
 
   def fix_total(self, step: int, start_step: int) -> dict:
     """The record of the count fixed at the end of `step` (this process began after
@@ -95,9 +129,18 @@ class TimeBudget:
     pace = (now - self.first_done_time) / (step - self.first_done_step)
     spent = now - self.started + start_step * pace
     total = steps_within(self.budget_s, step=step, seconds_per_step=pace, spent_s=spent)
+    self.pace = pace
+    self.start(start_step)
     return {"train_minutes": self.minutes, "num_train_steps": total,
             "calibrated_at_step": step, "seconds_per_step": pace,
             "spent_seconds_at_calibration": spent, "earlier_steps": start_step}
+
+  def record_stop(self, step: int) -> None:
+    """Adds to the record that the run ended at the deadline at `step`, before its count."""
+    with open(self.path, encoding="utf-8") as f:
+      record = json.load(f)
+    record["stopped_at_step"], record["stopped_for_minutes"] = step, self.minutes
+    self.write(record)
 
   def write(self, record: dict) -> None:
     tmp = self.path + ".tmp"

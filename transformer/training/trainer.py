@@ -205,6 +205,16 @@ def _fix_total_steps(budget: TimeBudget, config, step: int, start_step: int):
   return _with_total_steps(config, total), total
 
 
+def _last_step_in_time(budget: TimeBudget, step: int, num_steps: int, metrics) -> int:
+  """The last step that ends within the budget (process 0's prediction, on every host), read
+  after `step` has run (`metrics` are its outputs), not when it was dispatched."""
+  jax.block_until_ready(metrics)
+  last = budget.last_step_in_time(step, num_steps)
+  if jax.process_count() > 1:
+    last = int(multihost_utils.broadcast_one_to_all(np.int32(last)))
+  return last
+
+
 def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None) -> TrainState:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), then evaluates.
 
@@ -245,11 +255,12 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
     data = task.data(config, workdir)
   model_config = task.model_config(config, data.vocab_size)
   write_resolved_config(config, model_config, workdir, mesh)
+  calibrated = False
   if budget is not None:
     total, how = budget.recorded_total()
     if total is not None:  # fixed by this run before a resume: the same schedule
       logging.info("Time budget: %d steps, %s.", total, how)
-      config, budget = _with_total_steps(config, total), None
+      config, calibrated = _with_total_steps(config, total), True
 
   tx = optimizer_from_config(config, model_config.d_model)
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -289,6 +300,8 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
   else:
     logging.info("Resumed from the checkpoint of step %d in %s", start_step,
                  checkpointer.directory)
+  if budget is not None:
+    budget.start(start_step)
 
   accum = config.grad_accum_steps
 
@@ -318,7 +331,11 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
   buffer = _MetricsBuffer()
   num_steps = config.num_train_steps
   calibrate_at = None
-  if budget is not None:  # run to the calibration step, then to the count fixed there
+  if budget is not None and budget.stopped_at is not None:
+    num_steps = min(num_steps, budget.stopped_at)
+    logging.info("Time budget: this run ended at step %d, where train_minutes=%g was spent (a "
+                 "larger train_minutes trains on).", num_steps, minutes)
+  if budget is not None and not calibrated:  # to the calibration step, then to the count
     calibrate_at = budget.calibrates_at(start_step)
     num_steps = calibrate_at
     logging.info("Time budget: train_minutes=%g; the step count is fixed at step %d from the "
@@ -357,10 +374,20 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
       if step == calibrate_at:
         jax.block_until_ready(state)
         config, num_steps = _fix_total_steps(budget, config, step, start_step)
-        budget, calibrate_at = None, None
+        calibrate_at = None
         train_fn = compile_train_step(optimizer_from_config(config, model_config.d_model))
         bar.total = num_steps
         bar.refresh()
+      elif (budget is not None and budget.deadline is not None and step < num_steps
+            and step % config.log_every_steps == 0):
+        last = _last_step_in_time(budget, step, num_steps, metrics)
+        if last < num_steps:
+          logging.info("Time budget: at the pace so far, step %d is the last to end within "
+                       "train_minutes=%g; the run ends there (the schedule stays the one of %d "
+                       "steps).", last, minutes, config.num_train_steps)
+          num_steps = last
+          bar.total = num_steps
+          bar.refresh()
 
       is_last = step == num_steps
       log_now = step % config.log_every_steps == 0 or is_last
@@ -436,6 +463,9 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
     writer.close()
     checkpointer.close()  # waits for the saves in flight
 
+  if (budget is not None and not saved_stop and num_steps < config.num_train_steps
+      and jax.process_index() == 0):
+    budget.record_stop(num_steps)
   if saved_stop:
     logging.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Run the same "
                     "command to resume.", last_saved, checkpointer.directory)
