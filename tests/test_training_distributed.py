@@ -145,3 +145,20 @@ def test_sigterm_saves_the_step_it_stopped_at(tmp_path):
   assert 1 <= stopped < STEPS
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert steps == [stopped]
+
+
+def test_two_processes_with_a_time_budget_stop_at_the_same_step(tmp_path):
+  """`train_minutes` with two processes, process 1's clock running twice as fast: alone it would
+  fix half the count and reach its deadline first, leaving process 0 waiting in a collective.
+  Both take process 0's count and deadline, so they end at the same step, the one recorded."""
+  workdir = str(tmp_path / "budget")
+  address = f"127.0.0.1:{free_port()}"
+  procs = [_start(workdir, "--num_cpu_devices=2", f"--coordinator_address={address}",
+                  "--num_processes=2", f"--process_id={i}", "--train_minutes=0.75",
+                  f"--budget_clock_rate={1 + i}", "--batch_delay=0.05",
+                  "--checkpoint_every=100000") for i in range(2)]
+  ends = [int(_finish(proc).split("BUDGET ")[1].split()[0]) for proc in procs]
+  with open(os.path.join(workdir, "train_budget.json")) as f:
+    record = json.load(f)
+  assert ends[0] == ends[1] == record.get("stopped_at_step", record["num_train_steps"])
+  assert ends[0] > record["calibrated_at_step"]

@@ -1,6 +1,5 @@
 """config.train_minutes: the step count fixed at the end of the warm-up from the measured pace."""
 
-import functools
 import json
 
 import numpy as np
@@ -75,8 +74,7 @@ def test_the_record_is_reread_and_a_changed_budget_rederived_from_its_pace(tmp_p
   assert TimeBudget(5.0, 50, str(tmp_path)).recorded_total() == (None, "")
 
 
-def test_a_budget_run_is_the_run_of_the_count_it_fixed_and_keeps_it_on_resume(tmp_path,
-                                                                              monkeypatch):
+def test_a_budget_run_is_the_run_of_the_count_it_fixed_and_keeps_it_on_resume(tmp_path):
   """The trainer times the warm-up, fixes the count (here 11 + 20 steps: 1 s a step, 40 of 60 s
   spent) and trains exactly the run that `num_train_steps` = that count would have trained: the
   same cosine learning rates and losses at every step. Resuming keeps the count."""
@@ -84,9 +82,8 @@ def test_a_budget_run_is_the_run_of_the_count_it_fixed_and_keeps_it_on_resume(tm
   config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
   config.train_minutes = 1.0
   budget_dir, fixed_dir = tmp_path / "budget", tmp_path / "fixed"
-  monkeypatch.setattr(trainer, "TimeBudget",
-                      functools.partial(TimeBudget, clock=FakeClock(0.0, 30.0, 40.0)))
-  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data())
+  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
+                                     clock=FakeClock(0.0, 30.0, 40.0))
   assert int(state.step) == 31
   record = json.loads((budget_dir / time_budget.RECORD).read_text())
   assert record["num_train_steps"] == 31 and record["calibrated_at_step"] == 11
@@ -103,12 +100,11 @@ def test_a_budget_run_is_the_run_of_the_count_it_fixed_and_keeps_it_on_resume(tm
                                rtol=1e-6, err_msg=key)
   assert with_budget[-1]["learning_rate"] < 0.01 * config.learning_rate  # the cosine's end
 
-  monkeypatch.setattr(trainer, "TimeBudget", functools.partial(TimeBudget, clock=lambda: 1e9))
-  assert int(trainer.train_and_evaluate(config, str(budget_dir), data=_data()).step) == 31
+  resumed = trainer.train_and_evaluate(config, str(budget_dir), data=_data(), clock=lambda: 1e9)
+  assert int(resumed.step) == 31
 
 
-def test_a_machine_slower_after_the_calibration_ends_the_run_at_the_deadline(tmp_path,
-                                                                            monkeypatch):
+def test_a_machine_slower_after_the_calibration_ends_the_run_at_the_deadline(tmp_path):
   """Calibrated at 1 s a step (31 steps in 60 s), the steps then take 2 s each: step k ends at
   40 + 2 (k - 11) s, so step 21 is the last to end within the budget. The run ends there, on the
   schedule of 31 steps (the same rates and losses as the run of 31 steps, to step 21), records
@@ -118,9 +114,9 @@ def test_a_machine_slower_after_the_calibration_ends_the_run_at_the_deadline(tmp
   config.train_minutes = 1.0
   budget_dir, fixed_dir = tmp_path / "budget", tmp_path / "fixed"
   slower = [40.0 + 2.0 * (k - 11) for k in range(12, 40)]  # read at each log step after 11
-  monkeypatch.setattr(trainer, "TimeBudget",
-                      functools.partial(TimeBudget, clock=FakeClock(0.0, 30.0, 40.0, *slower)))
-  assert int(trainer.train_and_evaluate(config, str(budget_dir), data=_data()).step) == 21
+  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
+                                     clock=FakeClock(0.0, 30.0, 40.0, *slower))
+  assert int(state.step) == 21
   record = json.loads((budget_dir / time_budget.RECORD).read_text())
   assert record["num_train_steps"] == 31 and record["stopped_at_step"] == 21
 
@@ -134,7 +130,8 @@ def test_a_machine_slower_after_the_calibration_ends_the_run_at_the_deadline(tmp
     np.testing.assert_allclose([r[key] for r in with_budget], [r[key] for r in with_count[:21]],
                                rtol=1e-6, err_msg=key)
 
-  monkeypatch.setattr(trainer, "TimeBudget", functools.partial(TimeBudget, clock=lambda: 1e9))
-  assert int(trainer.train_and_evaluate(config, str(budget_dir), data=_data()).step) == 21
+  again = trainer.train_and_evaluate(config, str(budget_dir), data=_data(), clock=lambda: 1e9)
+  assert int(again.step) == 21
   config.train_minutes = 2.0  # re-derived from the recorded pace: 11 + (120 - 40) / 1 steps
-  assert int(trainer.train_and_evaluate(config, str(budget_dir), data=_data()).step) == 91
+  more = trainer.train_and_evaluate(config, str(budget_dir), data=_data(), clock=lambda: 1e9)
+  assert int(more.step) == 91

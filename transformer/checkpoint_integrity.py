@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 
+from transformer.files import write_atomically
+
 CHECKSUMS_DIRNAME = "checkpoint_checksums"
 
 
@@ -36,11 +38,7 @@ def _digests(step_dir: str) -> dict[str, str]:
 def record(step_dir: str) -> None:
   """Writes the step directory's checksums (atomically: a reader sees all or nothing)."""
   path = record_path(step_dir)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  partial = path + ".partial"
-  with open(partial, "w", encoding="utf-8") as f:
-    json.dump(_digests(step_dir), f, indent=0, sort_keys=True)
-  os.replace(partial, path)
+  write_atomically(path, json.dumps(_digests(step_dir), indent=0, sort_keys=True))
 
 
 def has_record(step_dir: str) -> bool:

@@ -26,7 +26,6 @@ import itertools
 import json
 import os
 import time
-import uuid
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -35,6 +34,7 @@ from absl import logging
 
 from transformer.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from transformer.data.ranges import concatenated_ranges
+from transformer.files import write_atomically
 
 WORD_CACHE_LIMIT = 1 << 21  # distinct words kept (about 250 MB at most); then it starts again
 
@@ -191,21 +191,12 @@ def train_tokenizer(sentences: Sequence[str], *, vocab_size: int, model_type: st
   return tok
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-  """A temporary name in the same directory, then os.replace: readers never see half a file."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def save_tokenizer(tok: "Tokenizer | CharacterTokenizer", path: str) -> None:
   """Writes atomically: a temporary name in the same directory, then os.replace."""
   if isinstance(tok, CharacterTokenizer):
     tok.save(path)
     return
-  _write_atomically(path, tok._sp.serialized_model_proto())  # pylint: disable=protected-access
+  write_atomically(path, tok._sp.serialized_model_proto())  # pylint: disable=protected-access
   tok.path = path
 
 
@@ -293,7 +284,7 @@ class CharacterTokenizer:
   def save(self, path: str) -> None:
     """JSON {"type", "special_ids", "characters"}, written atomically."""
     data = {"type": "characters", "special_ids": _SPECIAL_IDS, "characters": self.characters}
-    _write_atomically(path, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
+    write_atomically(path, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
     self.path = path
 
   @classmethod

@@ -10,6 +10,8 @@ Two hosts (here two processes on one machine, gloo collectives):
     python -m transformer.training.smoke --workdir=W --num_processes=2 --process_id=1 \
         --coordinator_address=127.0.0.1:12345
 
+`--train_minutes=M` trains for a budget instead (the count fixed and the deadline kept by
+process 0 for all; `--budget_clock_rate` lets one process's clock run fast to check that).
 A tiny model learns a copy task; the final parameters go to WORKDIR/final_params.npz and the
 per-step losses to WORKDIR/metrics.jsonl. The tests run this module in subprocesses.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import jax
 import numpy as np
@@ -65,6 +68,11 @@ def main(argv=None):
   parser.add_argument("--coordinator_address", default=None)
   parser.add_argument("--num_processes", type=int, default=1)
   parser.add_argument("--process_id", type=int, default=0)
+  parser.add_argument("--train_minutes", type=float, default=0.0,
+                      help="a time budget instead of --steps (cosine, 11 warm-up steps)")
+  parser.add_argument("--budget_clock_rate", type=float, default=1.0,
+                      help="this process's budget clock runs this many times as fast (hosts "
+                           "measuring different paces must still agree on the steps)")
   args = parser.parse_args(argv)
 
   if args.num_cpu_devices:
@@ -78,13 +86,22 @@ def main(argv=None):
       steps=args.steps, rows=args.rows, length=args.length, vocab_size=args.vocab_size,
       checkpoint_every=args.checkpoint_every, parallelism=args.parallelism,
       grad_accum_steps=args.grad_accum_steps)
+  clock = time.monotonic
+  if args.train_minutes:
+    config.train_minutes, config.schedule, config.warmup_steps = args.train_minutes, "cosine", 11
+    config.learning_rate, config.num_train_steps = 0.01, 1_000_000
+    rate, start = args.budget_clock_rate, time.monotonic()
+    clock = lambda: start + rate * (time.monotonic() - start)  # noqa: E731
   it = synthetic.make_train_iterator(
       rows=args.rows, length=args.length, vocab_size=args.vocab_size, seed=0,
       process_index=jax.process_index(), process_count=jax.process_count(),
       delay=args.batch_delay)
   data = trainer.TrainingData(vocab_size=args.vocab_size, train_iter=it, eval_batches=[])
-  state = trainer.train_and_evaluate(config, args.workdir, data=data)
+  state = trainer.train_and_evaluate(config, args.workdir, data=data, clock=clock)
   step = int(jax.device_get(state.step)) // args.grad_accum_steps
+  if args.train_minutes:
+    print(f"BUDGET {step}", flush=True)
+    return
   if step < args.steps:
     print(f"STOPPED {step}", flush=True)
     return

@@ -31,6 +31,8 @@ import math
 import os
 import time
 
+from transformer.files import write_atomically
+
 # Steps timed at least (after the compiling first step) before the count is fixed.
 MIN_TIMED_STEPS = 10
 MIN_CALIBRATION_STEP = MIN_TIMED_STEPS + 1
@@ -143,7 +145,4 @@ class TimeBudget:
     self.write(record)
 
   def write(self, record: dict) -> None:
-    tmp = self.path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(record, f, indent=2)
-    os.replace(tmp, self.path)
+    write_atomically(self.path, json.dumps(record, indent=2))

@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from transformer.config_files import RUN_RECORD, read_run_record
+from transformer.files import write_atomically
 from transformer.loss import summarize
 from transformer.models import count_params
 from transformer.tasks import Task, TrainingData, get_task
@@ -65,8 +66,7 @@ def write_resolved_config(config, model_config, workdir: str, mesh) -> None:
     if changes:
       logging.warning("The config differs from this workdir's last run (%s): %s. The run goes "
                       "on with the new values.", path, "; ".join(changes))
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+  write_atomically(path, text)  # a run killed while writing leaves the old record whole
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -215,13 +215,15 @@ def _last_step_in_time(budget: TimeBudget, step: int, num_steps: int, metrics) -
   return last
 
 
-def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None) -> TrainState:
+def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None,
+                       clock=time.monotonic) -> TrainState:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), then evaluates.
 
   Args:
     config: a run config (configs/*.py).
     workdir: checkpoints, config.json, metrics.jsonl, TensorBoard files and eval_test.json.
     data: the data to train on; default: the task's (`config.task`) data for `config`.
+    clock: what the time budget (`config.train_minutes`) reads, in seconds.
   Returns:
     The final train state (or the state at which a SIGTERM stopped the run).
   Raises:
@@ -234,7 +236,7 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
   if lock is not None:
     lock.acquire()
   try:
-    return _train_and_evaluate(config, workdir, data, mesh, get_task(config))
+    return _train_and_evaluate(config, workdir, data, mesh, get_task(config), clock)
   finally:
     if lock is not None:
       lock.release()
@@ -247,10 +249,10 @@ def _with_total_steps(config, total: int):
   return config
 
 
-def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh,
-                        task: Task) -> TrainState:
+def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh, task: Task,
+                        clock) -> TrainState:
   minutes = config.get("train_minutes", 0.0)
-  budget = TimeBudget(minutes, config.warmup_steps, workdir) if minutes else None
+  budget = TimeBudget(minutes, config.warmup_steps, workdir, clock) if minutes else None
   if data is None:
     data = task.data(config, workdir)
   model_config = task.model_config(config, data.vocab_size)
