@@ -13,7 +13,7 @@ LAYERS = (
     ("foundation", ["transformer", "transformer.config", "transformer.config_files",
                     "transformer.precision", "transformer.cli", "transformer.compilation_cache",
                     "transformer.cpu_devices", "transformer.cpu_memory",
-                    "transformer.checkpoint_integrity", "transformer.plotting",
+                    "transformer.checkpoint_integrity", "transformer.files", "transformer.plotting",
                     "transformer.op_profile"]),
     ("model", ["transformer.dropout", "transformer.attention_kernels", "transformer.attention",
                "transformer.layers",
