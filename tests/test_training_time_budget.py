@@ -31,6 +31,22 @@ def _data():
       eval_batches=[])
 
 
+def _assert_trained_as_the_fixed_count(config, budget_dir, fixed_dir, total: int, last: int):
+  """The budgeted run in `budget_dir` logged steps 1..`last` with the learning rates and losses
+  of a run of `config` with `num_train_steps` = `total` and no budget (trained in `fixed_dir`).
+  Returns the budgeted run's train metrics."""
+  fixed = config.copy_and_resolve_references()
+  fixed.train_minutes, fixed.num_train_steps = 0.0, total
+  trainer.train_and_evaluate(fixed, str(fixed_dir), data=_data())
+  with_budget = read_metrics(str(budget_dir), "train")
+  with_count = read_metrics(str(fixed_dir), "train")
+  assert [r["step"] for r in with_budget] == list(range(1, last + 1))
+  for key in ("learning_rate", "loss"):
+    np.testing.assert_allclose([r[key] for r in with_budget], [r[key] for r in with_count[:last]],
+                               rtol=1e-6, err_msg=key)
+  return with_budget
+
+
 @pytest.mark.parametrize("started, first_done, calibrated, earlier", [
     (0.0, 25.0, 145.0, 0), (0.0, 3.0, 23.0, 0), (0.0, 30.0, 50.0, 40)])
 def test_the_steps_fixed_fill_the_budget_and_no_more(tmp_path, started, first_done, calibrated,
@@ -81,7 +97,7 @@ def test_a_budget_run_is_the_run_of_the_count_it_fixed_and_keeps_it_on_resume(tm
   config = tiny_run_config(steps=500, checkpoint_every=1000)  # 500: planned, replaced
   config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
   config.train_minutes = 1.0
-  budget_dir, fixed_dir = tmp_path / "budget", tmp_path / "fixed"
+  budget_dir = tmp_path / "budget"
   state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
                                      clock=FakeClock(0.0, 30.0, 40.0))
   assert int(state.step) == 31
@@ -89,15 +105,7 @@ def test_a_budget_run_is_the_run_of_the_count_it_fixed_and_keeps_it_on_resume(tm
   assert record["num_train_steps"] == 31 and record["calibrated_at_step"] == 11
   assert record["seconds_per_step"] == pytest.approx(1.0)
 
-  fixed = config.copy_and_resolve_references()
-  fixed.train_minutes, fixed.num_train_steps = 0.0, 31
-  trainer.train_and_evaluate(fixed, str(fixed_dir), data=_data())
-  with_budget, with_count = read_metrics(str(budget_dir), "train"), read_metrics(str(fixed_dir),
-                                                                                "train")
-  assert [r["step"] for r in with_budget] == list(range(1, 32))
-  for key in ("learning_rate", "loss"):
-    np.testing.assert_allclose([r[key] for r in with_budget], [r[key] for r in with_count],
-                               rtol=1e-6, err_msg=key)
+  with_budget = _assert_trained_as_the_fixed_count(config, budget_dir, tmp_path / "fixed", 31, 31)
   assert with_budget[-1]["learning_rate"] < 0.01 * config.learning_rate  # the cosine's end
 
   resumed = trainer.train_and_evaluate(config, str(budget_dir), data=_data(), clock=lambda: 1e9)
@@ -112,7 +120,7 @@ def test_a_machine_slower_after_the_calibration_ends_the_run_at_the_deadline(tmp
   config = tiny_run_config(steps=500, checkpoint_every=1000)
   config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
   config.train_minutes = 1.0
-  budget_dir, fixed_dir = tmp_path / "budget", tmp_path / "fixed"
+  budget_dir = tmp_path / "budget"
   slower = [40.0 + 2.0 * (k - 11) for k in range(12, 40)]  # read at each log step after 11
   state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
                                      clock=FakeClock(0.0, 30.0, 40.0, *slower))
@@ -120,15 +128,7 @@ def test_a_machine_slower_after_the_calibration_ends_the_run_at_the_deadline(tmp
   record = json.loads((budget_dir / time_budget.RECORD).read_text())
   assert record["num_train_steps"] == 31 and record["stopped_at_step"] == 21
 
-  fixed = config.copy_and_resolve_references()
-  fixed.train_minutes, fixed.num_train_steps = 0.0, 31
-  trainer.train_and_evaluate(fixed, str(fixed_dir), data=_data())
-  with_budget, with_count = read_metrics(str(budget_dir), "train"), read_metrics(str(fixed_dir),
-                                                                                "train")
-  assert [r["step"] for r in with_budget] == list(range(1, 22))
-  for key in ("learning_rate", "loss"):
-    np.testing.assert_allclose([r[key] for r in with_budget], [r[key] for r in with_count[:21]],
-                               rtol=1e-6, err_msg=key)
+  _assert_trained_as_the_fixed_count(config, budget_dir, tmp_path / "fixed", 31, 21)
 
   again = trainer.train_and_evaluate(config, str(budget_dir), data=_data(), clock=lambda: 1e9)
   assert int(again.step) == 21

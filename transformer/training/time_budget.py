@@ -75,6 +75,7 @@ class TimeBudget:
     self.pace = None  # seconds a step: measured here, or recorded by this run before a resume
     self.deadline = None  # the clock reading by which this process's last step must end
     self.stopped_at = None  # the step where this run ended at the deadline before, if it did
+    self.record = None  # WORKDIR/train_budget.json's contents, as read or last written
 
   def recorded_total(self) -> tuple[int | None, str]:
     """The count this workdir's run fixed before (None if it has none yet) and a note saying how
@@ -89,7 +90,7 @@ class TimeBudget:
       stopped_at = int(record["stopped_at_step"]) if stopped else None
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or cut short: calibrate again
       return None, ""
-    self.pace, self.stopped_at = pace, stopped_at
+    self.record, self.pace, self.stopped_at = record, pace, stopped_at
     if minutes == self.minutes:
       return total, f"as fixed at step {at_step} for train_minutes={minutes:g} ({self.path})"
     total = steps_within(self.budget_s, step=at_step, seconds_per_step=pace, spent_s=spent)
@@ -138,11 +139,10 @@ class TimeBudget:
             "spent_seconds_at_calibration": spent, "earlier_steps": start_step}
 
   def record_stop(self, step: int) -> None:
-    """Adds to the record that the run ended at the deadline at `step`, before its count."""
-    with open(self.path, encoding="utf-8") as f:
-      record = json.load(f)
-    record["stopped_at_step"], record["stopped_for_minutes"] = step, self.minutes
-    self.write(record)
+    """Adds to the record (read or written by this process) that the run ended at the deadline
+    at `step`, before its count."""
+    self.write({**self.record, "stopped_at_step": step, "stopped_for_minutes": self.minutes})
 
   def write(self, record: dict) -> None:
     write_atomically(self.path, json.dumps(record, indent=2))
+    self.record = record

@@ -34,8 +34,8 @@ from transformer.training import sharding
 from transformer.training.checkpointing import Checkpointer, PreemptionWatcher, run_settings
 from transformer.training.flops import batch_flops, peak_flops_per_device, train_step_flops
 from transformer.training.optimizer import learning_rate_at, optimizer_from_config
+from transformer.training.run_length import run_length
 from transformer.training.steps import TrainState, convert_state, eval_step, init_state, train_step
-from transformer.training.time_budget import TimeBudget
 from transformer.training.validation import validate_config
 from transformer.training.workdir_lock import WorkdirLock
 from transformer.training.writers import MetricWriter
@@ -186,35 +186,6 @@ def _stop_requested(watcher: PreemptionWatcher, sync_point: bool) -> bool:
   return bool(np.max(flags))
 
 
-def _fix_total_steps(budget: TimeBudget, config, step: int, start_step: int):
-  """The run's config with the step count the budget holds (process 0's, on every host), and
-  that count; process 0 records it in the workdir."""
-  record = budget.fix_total(step, start_step)
-  total = record["num_train_steps"]
-  if jax.process_count() > 1:
-    total = int(multihost_utils.broadcast_one_to_all(np.int32(total)))
-    record["num_train_steps"] = total
-  if jax.process_index() == 0:
-    budget.write(record)
-  logging.info("Time budget: %d steps (fixed at step %d: %.3f s a step, %.0f of %.0f s spent).",
-               total, step, record["seconds_per_step"], record["spent_seconds_at_calibration"],
-               budget.budget_s)
-  if total == step:
-    logging.warning("The budget train_minutes=%g was spent by step %d, where the step count is "
-                    "fixed; training stops there.", budget.minutes, step)
-  return _with_total_steps(config, total), total
-
-
-def _last_step_in_time(budget: TimeBudget, step: int, num_steps: int, metrics) -> int:
-  """The last step that ends within the budget (process 0's prediction, on every host), read
-  after `step` has run (`metrics` are its outputs), not when it was dispatched."""
-  jax.block_until_ready(metrics)
-  last = budget.last_step_in_time(step, num_steps)
-  if jax.process_count() > 1:
-    last = int(multihost_utils.broadcast_one_to_all(np.int32(last)))
-  return last
-
-
 def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None,
                        clock=time.monotonic) -> TrainState:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), then evaluates.
@@ -242,27 +213,14 @@ def train_and_evaluate(config, workdir: str, *, data: TrainingData | None = None
       lock.release()
 
 
-def _with_total_steps(config, total: int):
-  """A copy of `config` that trains for `total` steps (the count a time budget fixed)."""
-  config = config.copy_and_resolve_references()
-  config.num_train_steps = total
-  return config
-
-
 def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh, task: Task,
                         clock) -> TrainState:
-  minutes = config.get("train_minutes", 0.0)
-  budget = TimeBudget(minutes, config.warmup_steps, workdir, clock) if minutes else None
+  steps = run_length(config, workdir, clock)
+  config = steps.config  # with a time budget's count if this run recorded one
   if data is None:
     data = task.data(config, workdir)
   model_config = task.model_config(config, data.vocab_size)
   write_resolved_config(config, model_config, workdir, mesh)
-  calibrated = False
-  if budget is not None:
-    total, how = budget.recorded_total()
-    if total is not None:  # fixed by this run before a resume: the same schedule
-      logging.info("Time budget: %d steps, %s.", total, how)
-      config, calibrated = _with_total_steps(config, total), True
 
   tx = optimizer_from_config(config, model_config.d_model)
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -302,8 +260,7 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh, t
   else:
     logging.info("Resumed from the checkpoint of step %d in %s", start_step,
                  checkpointer.directory)
-  if budget is not None:
-    budget.start(start_step)
+  steps.start(start_step)
 
   accum = config.grad_accum_steps
 
@@ -331,18 +288,7 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh, t
   writer = MetricWriter(workdir)
   watcher = PreemptionWatcher()
   buffer = _MetricsBuffer()
-  num_steps = config.num_train_steps
-  calibrate_at = None
-  if budget is not None and budget.stopped_at is not None:
-    num_steps = min(num_steps, budget.stopped_at)
-    logging.info("Time budget: this run ended at step %d, where train_minutes=%g was spent (a "
-                 "larger train_minutes trains on).", num_steps, minutes)
-  if budget is not None and not calibrated:  # to the calibration step, then to the count
-    calibrate_at = budget.calibrates_at(start_step)
-    num_steps = calibrate_at
-    logging.info("Time budget: train_minutes=%g; the step count is fixed at step %d from the "
-                 "pace of the steps before it.", minutes, calibrate_at)
-  bar = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
+  bar = tqdm(total=steps.num_steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=jax.process_index() != 0, mininterval=1.0, desc="train")
   pending_batch = first_batch
   last_saved = start_step
@@ -352,7 +298,7 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh, t
   step = start_step
   try:
     interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
-    while step < num_steps:
+    while step < steps.num_steps:
       step += 1
       metrics = None
       for _ in range(accum):
@@ -370,28 +316,16 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh, t
         logging.info("First step (compilation included) took %.1f s",
                      time.perf_counter() - interval_start)
         interval_start, interval_steps, interval_flops = time.perf_counter(), 0, 0.0
-        if budget is not None:
-          budget.first_step_done(step)
+        steps.first_step_done(step)
 
-      if step == calibrate_at:
-        jax.block_until_ready(state)
-        config, num_steps = _fix_total_steps(budget, config, step, start_step)
-        calibrate_at = None
-        train_fn = compile_train_step(optimizer_from_config(config, model_config.d_model))
-        bar.total = num_steps
+      if steps.after_step(step, metrics):  # the budget fixed the count or the deadline cut it
+        if steps.config is not config:  # the schedule's length is known: compile for it
+          config = steps.config
+          train_fn = compile_train_step(optimizer_from_config(config, model_config.d_model))
+        bar.total = steps.num_steps
         bar.refresh()
-      elif (budget is not None and budget.deadline is not None and step < num_steps
-            and step % config.log_every_steps == 0):
-        last = _last_step_in_time(budget, step, num_steps, metrics)
-        if last < num_steps:
-          logging.info("Time budget: at the pace so far, step %d is the last to end within "
-                       "train_minutes=%g; the run ends there (the schedule stays the one of %d "
-                       "steps).", last, minutes, config.num_train_steps)
-          num_steps = last
-          bar.total = num_steps
-          bar.refresh()
 
-      is_last = step == num_steps
+      is_last = step == steps.num_steps
       log_now = step % config.log_every_steps == 0 or is_last
       stop = _stop_requested(watcher, log_now)
       save_now = is_last or stop or (
@@ -465,13 +399,11 @@ def _train_and_evaluate(config, workdir: str, data: TrainingData | None, mesh, t
     writer.close()
     checkpointer.close()  # waits for the saves in flight
 
-  if (budget is not None and not saved_stop and num_steps < config.num_train_steps
-      and jax.process_index() == 0):
-    budget.record_stop(num_steps)
   if saved_stop:
     logging.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Run the same "
                     "command to resume.", last_saved, checkpointer.directory)
     return state
+  steps.finish()
   if data.tokenizer is None:
     return state
   task.final_evaluation(config, workdir, state.params, model_config, data.tokenizer,
