@@ -135,3 +135,23 @@ def test_a_machine_slower_after_the_calibration_ends_the_run_at_the_deadline(tmp
   config.train_minutes = 2.0  # re-derived from the recorded pace: 11 + (120 - 40) / 1 steps
   more = trainer.train_and_evaluate(config, str(budget_dir), data=_data(), clock=lambda: 1e9)
   assert int(more.step) == 91
+
+
+def test_a_slow_stretch_after_the_calibration_cuts_the_run_only_while_it_lasts(tmp_path):
+  """Calibrated at 1 s a step (31 steps in 60 s), steps 12 to 15 take 3 s each (another job on
+  the machine), the rest 0.5 s. The mean pace after step 15 (22 s over 14 steps) would end the run
+  at step 20; as the pace recovers the end moves back up: at step 27 (58 s) the mean pace, 28 s
+  over 26 steps, holds one more step in the minute, so the run ends at 28 (at 58.5 s). Same
+  schedule of 31 steps, the same rates and losses as its run to there."""
+  config = tiny_run_config(steps=500, checkpoint_every=1000)
+  config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
+  config.train_minutes = 1.0
+  budget_dir = tmp_path / "budget"
+  slow = [40.0 + 3.0 * (k - 11) for k in range(12, 16)]
+  recovered = [52.0 + 0.5 * (k - 15) for k in range(16, 40)]
+  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
+                                     clock=FakeClock(0.0, 30.0, 40.0, *slow, *recovered))
+  assert int(state.step) == 28
+  record = json.loads((budget_dir / time_budget.RECORD).read_text())
+  assert record["num_train_steps"] == 31 and record["stopped_at_step"] == 28
+  _assert_trained_as_the_fixed_count(config, budget_dir, tmp_path / "fixed", 31, 28)

@@ -8,7 +8,8 @@ is `FixedSteps`: the configured count, never changed. With `train_minutes` > 0 i
   `config` its schedule's length, so a resumed run trains the same schedule;
 - otherwise the loop runs to the calibration step, where the count is fixed (and the loop
   compiles the step again for the schedule of that length);
-- at each log step after it the deadline may lower where the loop ends, not the schedule;
+- at each log step after it the deadline moves where the loop ends (below the count when the
+  pace so far would overrun the budget, back up when it recovers), not the schedule;
 - a run that ended at the deadline records it, so the same command does not train past it.
 
 With several processes the count and each deadline's last step are process 0's, broadcast (every
@@ -108,12 +109,19 @@ class BudgetedSteps(FixedSteps):
         or step % self.log_every_steps):
       return False
     jax.block_until_ready(outputs)  # the step has run: the clock reads its end, not its dispatch
-    last = _from_process_0(self.budget.last_step_in_time(step, self.num_steps))
-    if last >= self.num_steps:
+    # Against the count, not the last prediction: a pace that recovers from a slow stretch (other
+    # jobs on the machine) moves the end back up, to the count at most.
+    total = self.config.num_train_steps
+    last = _from_process_0(self.budget.last_step_in_time(step, total))
+    if last == self.num_steps:
       return False
-    logging.info("Time budget: at the pace so far, step %d is the last to end within "
-                 "train_minutes=%g; the run ends there (the schedule stays the one of %d steps).",
-                 last, self.minutes, self.config.num_train_steps)
+    if last < total:
+      logging.info("Time budget: at the pace so far, step %d is the last to end within "
+                   "train_minutes=%g; the run ends there (the schedule stays the one of %d "
+                   "steps).", last, self.minutes, total)
+    else:
+      logging.info("Time budget: at the pace so far the count's last step, %d, ends within "
+                   "train_minutes=%g again.", total, self.minutes)
     self.num_steps = last
     return True
 

@@ -17,8 +17,9 @@ it from the recorded pace when `train_minutes` changed) and is deterministic fro
 The budget is also a deadline: a machine that slows down after the calibration would overrun it
 with the count fixed, so at each log step (where the trainer syncs anyway) the last step that
 still ends within the budget is predicted from the pace so far, and the run ends there if that
-comes before the count (`last_step_in_time`). The schedule stays the one fixed; the steps cut are
-its last, whose rates are near 0 on a cosine. Where the run ended is recorded too, so that running
+comes before the count (`last_step_in_time`; asked again at each log step, so a pace that recovers
+moves the end back up). The schedule stays the one fixed; the steps cut are its last, whose rates
+are near 0 on a cosine. Where the run ended is recorded too, so that running
 the same command again does not train past it.
 
 This module only does the arithmetic and the record; the trainer decides when to call it.
