@@ -19,10 +19,9 @@ host must run the same number of steps, or the collectives of the next one would
 from __future__ import annotations
 
 import jax
-import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
+from transformer.training.sharding import from_process_0
 from transformer.training.time_budget import TimeBudget
 
 
@@ -112,7 +111,7 @@ class BudgetedSteps(FixedSteps):
     # Against the count, not the last prediction: a pace that recovers from a slow stretch (other
     # jobs on the machine) moves the end back up, to the count at most.
     total = self.config.num_train_steps
-    last = _from_process_0(self.budget.last_step_in_time(step, total))
+    last = from_process_0(self.budget.last_step_in_time(step, total))
     if last == self.num_steps:
       return False
     if last < total:
@@ -128,7 +127,7 @@ class BudgetedSteps(FixedSteps):
   def _fix_total(self, step: int) -> None:
     """The count the budget holds at the end of `step`; process 0 records it in the workdir."""
     record = self.budget.fix_total(step, self.start_step)
-    total = record["num_train_steps"] = _from_process_0(record["num_train_steps"])
+    total = record["num_train_steps"] = from_process_0(record["num_train_steps"])
     if jax.process_index() == 0:
       self.budget.write(record)
     logging.info("Time budget: %d steps (fixed at step %d: %.3f s a step, %.0f of %.0f s spent).",
@@ -144,9 +143,3 @@ class BudgetedSteps(FixedSteps):
     if self.num_steps < self.config.num_train_steps and jax.process_index() == 0:
       self.budget.record_stop(self.num_steps)
 
-
-def _from_process_0(value: int) -> int:
-  """Process 0's `value` on every process."""
-  if jax.process_count() == 1:
-    return value
-  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

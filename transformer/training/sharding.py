@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -78,3 +79,10 @@ def describe(mesh: Mesh) -> str:
   kinds = sorted({d.device_kind for d in devices})
   return (f"{devices.size} x {'/'.join(kinds)} ({devices[0].platform}) over "
           f"{jax.process_count()} host(s), mesh {dict(mesh.shape)}")
+
+
+def from_process_0(value: int) -> int:
+  """Process 0's `value` on every process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

@@ -173,7 +173,7 @@ def _time_to_save(last_save_time: float, minutes: float, sync_point: bool) -> bo
     return due
   if not sync_point:
     return False
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+  return bool(sharding.from_process_0(int(due)))
 
 
 def _stop_requested(watcher: PreemptionWatcher, sync_point: bool) -> bool:
