@@ -77,6 +77,10 @@ def get_config() -> ml_collections.ConfigDict:
                                     # num_train_steps at the end of the warm-up to what the rest
                                     # of it holds at the pace measured (transformer/training/
                                     # time_budget.py; WORKDIR/train_budget.json). 0 = off
+  config.budget_overplan = 0.0      # with train_minutes: plan the count this fraction past what
+                                    # the pace says the budget holds, and let the deadline end
+                                    # the run (a machine that speeds up after the warm-up still
+                                    # trains the whole budget). 0 = the count ends the run
   config.log_every_steps = 50
   config.eval_every_steps = 150
   config.num_eval_batches = 4       # validation batches per evaluation (0 = the whole split)

@@ -76,6 +76,7 @@ def get_config(size: str = "cpu") -> ml_collections.ConfigDict:
   config.seed = 0
   config.num_train_steps = steps
   config.train_minutes = 0.0        # > 0: the step count from a wall-clock budget (default.py)
+  config.budget_overplan = 0.0      # with train_minutes: the count planned past it (default.py)
   config.log_every_steps = 100
   config.eval_every_steps = eval_every  # the whole validation text each time
   config.checkpoint_every_steps = 1000

@@ -40,6 +40,7 @@ def test_default_config_is_valid():
     (dict(**{"model.norm_order": "sandwich"}), 1, r"norm_order='sandwich' is unknown"),
     (dict(max_length=1), 1, r"max_length=1 must be at least 2"),
     (dict(train_minutes=-5.0), 1, r"train_minutes=-5.0 must be a number >= 0 \(0 = off"),
+    (dict(budget_overplan=0.5), 1, r"budget_overplan=0.5 must be a fraction in \[0, 0.25\]"),
     (dict(train_minutes=60.0, schedule="cosine", warmup_steps=5), 1,
      r"warmup_steps=5 is too short for train_minutes=60.0 with schedule='cosine'.*"
      r"warmup_steps >= 11"),

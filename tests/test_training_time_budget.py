@@ -1,11 +1,14 @@
 """config.train_minutes: the step count fixed at the end of the warm-up from the measured pace."""
 
 import json
+import re
 
 import numpy as np
 import pytest
+from absl import logging
 
 from transformer.training import synthetic, time_budget, trainer
+from transformer.training.run_length import BudgetedSteps
 from transformer.training.smoke import tiny_run_config
 from transformer.training.time_budget import MIN_TIMED_STEPS, TimeBudget
 from transformer.training.writers import read_metrics
@@ -65,6 +68,20 @@ def test_the_steps_fixed_fill_the_budget_and_no_more(tmp_path, started, first_do
   used = calibrated - started + earlier * pace  # this process's time, and the earlier steps'
   assert used + after * pace <= 600.0 < used + (after + 1) * pace
   assert record["spent_seconds_at_calibration"] == pytest.approx(used)
+
+
+def test_an_overplanned_count_is_planned_that_fraction_past_the_budget(tmp_path):
+  """10 timed steps of 12 s, 145 of 600 s spent at step 11: 455 s hold 37 more steps; planned 20%
+  past them, 546 s hold 45. The record says how the count was planned."""
+  counts = {}
+  for overplan in (0.0, 0.2):
+    budget = TimeBudget(10.0, warmup_steps=0, workdir=str(tmp_path / str(overplan)),
+                        clock=FakeClock(0.0, 25.0, 145.0), overplan=overplan)
+    budget.first_step_done(1)
+    record = budget.fix_total(11, 0)
+    counts[overplan] = record["num_train_steps"]
+    assert record["overplan"] == overplan
+  assert counts == {0.0: 11 + 37, 0.2: 11 + 45}
 
 
 def test_a_budget_spent_before_the_calibration_stops_there(tmp_path):
@@ -155,3 +172,55 @@ def test_a_slow_stretch_after_the_calibration_cuts_the_run_only_while_it_lasts(t
   record = json.loads((budget_dir / time_budget.RECORD).read_text())
   assert record["num_train_steps"] == 31 and record["stopped_at_step"] == 28
   _assert_trained_as_the_fixed_count(config, budget_dir, tmp_path / "fixed", 31, 28)
+
+
+def _budget_config(overplan: float):
+  config = tiny_run_config(steps=500, checkpoint_every=1000)
+  config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
+  config.train_minutes, config.budget_overplan = 1.0, overplan
+  return config
+
+
+def test_an_overplanned_count_on_a_steady_machine_ends_at_the_deadline(tmp_path):
+  """Calibrated at 1 s a step with 40 of 60 s spent, planned 20% past the 20 steps left: a
+  schedule of 11 + 24 = 35 steps. The steps stay at 1 s, so step 31 is the last to end within
+  the minute: the run ends there, on the schedule of 35 (its rates and losses), and records it."""
+  config = _budget_config(0.2)
+  budget_dir = tmp_path / "budget"
+  steady = [40.0 + (k - 11) for k in range(12, 40)]
+  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
+                                     clock=FakeClock(0.0, 30.0, 40.0, *steady))
+  assert int(state.step) == 31
+  record = json.loads((budget_dir / time_budget.RECORD).read_text())
+  assert record["num_train_steps"] == 35 and record["stopped_at_step"] == 31
+  _assert_trained_as_the_fixed_count(config, budget_dir, tmp_path / "fixed", 35, 31)
+
+
+@pytest.mark.parametrize("overplan, last", [(0.0, 31), (0.2, 35)])
+def test_a_machine_faster_after_the_calibration_trains_to_the_budget_when_overplanned(
+    tmp_path, overplan, last):
+  """Calibrated at 1 s a step (20 steps left in the minute at step 11), the steps then take 0.8 s:
+  the count fixed without overplan, 31, ends at 56 s, 4 s of the budget unused; planned 20% past
+  it (35) the deadline first cuts the run to 31 and moves back to 35 as the pace shows the
+  speed-up, and step 35 ends at 59.2 s."""
+  config = _budget_config(overplan)
+  faster = [40.0 + 0.8 * (k - 11) for k in range(12, 40)]
+  state = trainer.train_and_evaluate(config, str(tmp_path), data=_data(),
+                                     clock=FakeClock(0.0, 30.0, 40.0, *faster))
+  assert int(state.step) == last
+  assert faster[last - 12] <= 60.0
+  assert "stopped_at_step" not in json.loads((tmp_path / time_budget.RECORD).read_text())
+
+
+def test_the_deadline_logs_where_the_end_moves_not_each_step_of_it(tmp_path, caplog):
+  """The end is logged when the deadline first cuts the count, when it moves by 1% of the count
+  or more, and when it moves back to the count; not when a log step moves it by a step."""
+  steps = BudgetedSteps(_budget_config(0.05), str(tmp_path), clock=lambda: 0.0)
+  logging.get_absl_handler()  # absl's logger propagates to caplog
+  with caplog.at_level("INFO"):
+    for last in (3033, 3036, 3034, 2990, 2995, 3072, 3050):
+      steps._log_end(last, 3072)
+  logged = [re.search(r"step (\d+) is the last|count's last step, (\d+), ends", r.getMessage())
+            for r in caplog.records if "Time budget" in r.getMessage()]
+  assert [(m[0].startswith("count"), int(m[1] or m[2])) for m in logged] == [
+      (False, 3033), (False, 2990), (True, 3072), (False, 3050)]

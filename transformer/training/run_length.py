@@ -72,11 +72,11 @@ class BudgetedSteps(FixedSteps):
 
   def __init__(self, config, workdir: str, clock):
     super().__init__(config)
-    self.minutes = config.train_minutes
-    self.log_every_steps = config.log_every_steps
-    self.budget = TimeBudget(self.minutes, config.warmup_steps, workdir, clock)
+    self.budget = TimeBudget(config.train_minutes, config.warmup_steps, workdir, clock,
+                             overplan=config.get("budget_overplan", 0.0))
     self.calibrate_at = None
     self.start_step = 0
+    self.logged_end = None  # the last end the deadline logged
     total, how = self.budget.recorded_total()
     if total is not None:  # fixed by this run before a resume: the same schedule
       logging.info("Time budget: %d steps, %s.", total, how)
@@ -89,12 +89,12 @@ class BudgetedSteps(FixedSteps):
     if self.budget.stopped_at is not None:
       self.num_steps = min(self.num_steps, self.budget.stopped_at)
       logging.info("Time budget: this run ended at step %d, where train_minutes=%g was spent (a "
-                   "larger train_minutes trains on).", self.num_steps, self.minutes)
+                   "larger train_minutes trains on).", self.num_steps, self.budget.minutes)
     if self.budget.pace is None:  # no count recorded: to the calibration step, then to the count
       self.calibrate_at = self.budget.calibrates_at(start_step)
       self.num_steps = self.calibrate_at
       logging.info("Time budget: train_minutes=%g; the step count is fixed at step %d from the "
-                   "pace of the steps before it.", self.minutes, self.calibrate_at)
+                   "pace of the steps before it.", self.budget.minutes, self.calibrate_at)
 
   def first_step_done(self, step: int) -> None:
     self.budget.first_step_done(step)
@@ -105,7 +105,7 @@ class BudgetedSteps(FixedSteps):
       self._fix_total(step)
       return True
     if (self.budget.deadline is None or step >= self.num_steps
-        or step % self.log_every_steps):
+        or step % self.config.log_every_steps):
       return False
     jax.block_until_ready(outputs)  # the step has run: the clock reads its end, not its dispatch
     # Against the count, not the last prediction: a pace that recovers from a slow stretch (other
@@ -114,15 +114,25 @@ class BudgetedSteps(FixedSteps):
     last = from_process_0(self.budget.last_step_in_time(step, total))
     if last == self.num_steps:
       return False
-    if last < total:
-      logging.info("Time budget: at the pace so far, step %d is the last to end within "
-                   "train_minutes=%g; the run ends there (the schedule stays the one of %d "
-                   "steps).", last, self.minutes, total)
-    else:
-      logging.info("Time budget: at the pace so far the count's last step, %d, ends within "
-                   "train_minutes=%g again.", total, self.minutes)
+    self._log_end(last, total)
     self.num_steps = last
     return True
+
+  def _log_end(self, last: int, total: int) -> None:
+    """Logs where the deadline puts the end: the first time it cuts the count, when it moves
+    back to the count, and in between when it moves by 1% of the count (not at every log step,
+    which a pace measured to the second moves by a step or two)."""
+    logged, self.logged_end = self.logged_end, last
+    if last < total and (logged is None or logged == total
+                         or abs(last - logged) >= max(1, total // 100)):
+      logging.info("Time budget: at the pace so far, step %d is the last to end within "
+                   "train_minutes=%g; the run ends there (the schedule stays the one of %d "
+                   "steps).", last, self.budget.minutes, total)
+    elif last == total and logged is not None:
+      logging.info("Time budget: at the pace so far the count's last step, %d, ends within "
+                   "train_minutes=%g again.", total, self.budget.minutes)
+    else:
+      self.logged_end = logged
 
   def _fix_total(self, step: int) -> None:
     """The count the budget holds at the end of `step`; process 0 records it in the workdir."""
@@ -130,12 +140,15 @@ class BudgetedSteps(FixedSteps):
     total = record["num_train_steps"] = from_process_0(record["num_train_steps"])
     if jax.process_index() == 0:
       self.budget.write(record)
-    logging.info("Time budget: %d steps (fixed at step %d: %.3f s a step, %.0f of %.0f s spent).",
-                 total, step, record["seconds_per_step"], record["spent_seconds_at_calibration"],
-                 self.budget.budget_s)
+    overplan = (f"; planned {100 * self.budget.overplan:g}% past the budget "
+                f"(budget_overplan), the deadline ends the run within it"
+                if self.budget.overplan else "")
+    logging.info("Time budget: %d steps (fixed at step %d: %.3f s a step, %.0f of %.0f s "
+                 "spent%s).", total, step, record["seconds_per_step"],
+                 record["spent_seconds_at_calibration"], self.budget.budget_s, overplan)
     if total == step:
       logging.warning("The budget train_minutes=%g was spent by step %d, where the step count is "
-                      "fixed; training stops there.", self.minutes, step)
+                      "fixed; training stops there.", self.budget.minutes, step)
     self.config, self.num_steps = with_total_steps(self.config, total), total
     self.calibrate_at = None
 

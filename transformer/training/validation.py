@@ -17,7 +17,7 @@ from transformer.tasks import get_task
 from transformer.tasks.base import require_int
 from transformer.training.schedules import SCHEDULES
 from transformer.training.sharding import PARALLELISMS
-from transformer.training.time_budget import MIN_CALIBRATION_STEP
+from transformer.training.time_budget import MAX_OVERPLAN, MIN_CALIBRATION_STEP
 
 __all__ = ["ConfigError", "default_config", "reference_config", "validate_config"]
 
@@ -109,6 +109,13 @@ def validate_config(config, *, num_devices: int, process_count: int = 1,
         f"schedule='cosine': the step count is fixed at the end of the warm-up from the steps "
         f"timed before it, so use warmup_steps >= {MIN_CALIBRATION_STEP}, or train_minutes=0 "
         "and num_train_steps.")
+  overplan = config.get("budget_overplan", 0.0)
+  if isinstance(overplan, bool) or not isinstance(overplan, (int, float)) or not (
+      0.0 <= overplan <= MAX_OVERPLAN):
+    raise ConfigError(
+        f"budget_overplan={overplan!r} must be a fraction in [0, {MAX_OVERPLAN}]: how far past "
+        "what train_minutes holds the time budget plans its schedule (the deadline cuts the "
+        "rest, so more would cut a cosine well above 0); 0 = the count ends the run.")
   if not isinstance(config.get("compilation_cache_dir", ""), str):
     raise ConfigError(f"compilation_cache_dir={config.compilation_cache_dir!r} must be a path, "
                       "'auto' or '' (off).")
