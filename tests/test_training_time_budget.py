@@ -50,6 +50,23 @@ def _assert_trained_as_the_fixed_count(config, budget_dir, fixed_dir, total: int
   return with_budget
 
 
+def _budget_config(overplan: float = 0.0):
+  """A one-minute budget (the count fixed at step 11) on a cosine schedule."""
+  config = tiny_run_config(steps=500, checkpoint_every=1000)  # 500: planned, replaced
+  config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
+  config.train_minutes, config.budget_overplan = 1.0, overplan
+  return config
+
+
+def _train_budgeted(config, workdir, *after: float) -> tuple[int, dict]:
+  """Trains `config` in `workdir` on a clock that reads 0 s at the start, 30 s after the first
+  step and 40 s at the calibration (1 s a step), then `after` at each log step; returns the last
+  step and the budget's record."""
+  state = trainer.train_and_evaluate(config, str(workdir), data=_data(),
+                                     clock=FakeClock(0.0, 30.0, 40.0, *after))
+  return int(state.step), json.loads((workdir / time_budget.RECORD).read_text())
+
+
 @pytest.mark.parametrize("started, first_done, calibrated, earlier", [
     (0.0, 25.0, 145.0, 0), (0.0, 3.0, 23.0, 0), (0.0, 30.0, 50.0, 40)])
 def test_the_steps_fixed_fill_the_budget_and_no_more(tmp_path, started, first_done, calibrated,
@@ -111,14 +128,9 @@ def test_a_budget_run_is_the_run_of_the_count_it_fixed_and_keeps_it_on_resume(tm
   """The trainer times the warm-up, fixes the count (here 11 + 20 steps: 1 s a step, 40 of 60 s
   spent) and trains exactly the run that `num_train_steps` = that count would have trained: the
   same cosine learning rates and losses at every step. Resuming keeps the count."""
-  config = tiny_run_config(steps=500, checkpoint_every=1000)  # 500: planned, replaced
-  config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
-  config.train_minutes = 1.0
-  budget_dir = tmp_path / "budget"
-  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
-                                     clock=FakeClock(0.0, 30.0, 40.0))
-  assert int(state.step) == 31
-  record = json.loads((budget_dir / time_budget.RECORD).read_text())
+  config, budget_dir = _budget_config(), tmp_path / "budget"
+  last, record = _train_budgeted(config, budget_dir)
+  assert last == 31
   assert record["num_train_steps"] == 31 and record["calibrated_at_step"] == 11
   assert record["seconds_per_step"] == pytest.approx(1.0)
 
@@ -134,15 +146,10 @@ def test_a_machine_slower_after_the_calibration_ends_the_run_at_the_deadline(tmp
   40 + 2 (k - 11) s, so step 21 is the last to end within the budget. The run ends there, on the
   schedule of 31 steps (the same rates and losses as the run of 31 steps, to step 21), records
   it, and the same command trains nothing more; a larger budget trains on."""
-  config = tiny_run_config(steps=500, checkpoint_every=1000)
-  config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
-  config.train_minutes = 1.0
-  budget_dir = tmp_path / "budget"
+  config, budget_dir = _budget_config(), tmp_path / "budget"
   slower = [40.0 + 2.0 * (k - 11) for k in range(12, 40)]  # read at each log step after 11
-  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
-                                     clock=FakeClock(0.0, 30.0, 40.0, *slower))
-  assert int(state.step) == 21
-  record = json.loads((budget_dir / time_budget.RECORD).read_text())
+  last, record = _train_budgeted(config, budget_dir, *slower)
+  assert last == 21
   assert record["num_train_steps"] == 31 and record["stopped_at_step"] == 21
 
   _assert_trained_as_the_fixed_count(config, budget_dir, tmp_path / "fixed", 31, 21)
@@ -160,38 +167,22 @@ def test_a_slow_stretch_after_the_calibration_cuts_the_run_only_while_it_lasts(t
   at step 20; as the pace recovers the end moves back up: at step 27 (58 s) the mean pace, 28 s
   over 26 steps, holds one more step in the minute, so the run ends at 28 (at 58.5 s). Same
   schedule of 31 steps, the same rates and losses as its run to there."""
-  config = tiny_run_config(steps=500, checkpoint_every=1000)
-  config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
-  config.train_minutes = 1.0
-  budget_dir = tmp_path / "budget"
+  config, budget_dir = _budget_config(), tmp_path / "budget"
   slow = [40.0 + 3.0 * (k - 11) for k in range(12, 16)]
   recovered = [52.0 + 0.5 * (k - 15) for k in range(16, 40)]
-  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
-                                     clock=FakeClock(0.0, 30.0, 40.0, *slow, *recovered))
-  assert int(state.step) == 28
-  record = json.loads((budget_dir / time_budget.RECORD).read_text())
+  last, record = _train_budgeted(config, budget_dir, *slow, *recovered)
+  assert last == 28
   assert record["num_train_steps"] == 31 and record["stopped_at_step"] == 28
   _assert_trained_as_the_fixed_count(config, budget_dir, tmp_path / "fixed", 31, 28)
-
-
-def _budget_config(overplan: float):
-  config = tiny_run_config(steps=500, checkpoint_every=1000)
-  config.schedule, config.learning_rate, config.warmup_steps = "cosine", 0.01, 11
-  config.train_minutes, config.budget_overplan = 1.0, overplan
-  return config
 
 
 def test_an_overplanned_count_on_a_steady_machine_ends_at_the_deadline(tmp_path):
   """Calibrated at 1 s a step with 40 of 60 s spent, planned 20% past the 20 steps left: a
   schedule of 11 + 24 = 35 steps. The steps stay at 1 s, so step 31 is the last to end within
   the minute: the run ends there, on the schedule of 35 (its rates and losses), and records it."""
-  config = _budget_config(0.2)
-  budget_dir = tmp_path / "budget"
-  steady = [40.0 + (k - 11) for k in range(12, 40)]
-  state = trainer.train_and_evaluate(config, str(budget_dir), data=_data(),
-                                     clock=FakeClock(0.0, 30.0, 40.0, *steady))
-  assert int(state.step) == 31
-  record = json.loads((budget_dir / time_budget.RECORD).read_text())
+  config, budget_dir = _budget_config(0.2), tmp_path / "budget"
+  last, record = _train_budgeted(config, budget_dir, *[40.0 + (k - 11) for k in range(12, 40)])
+  assert last == 31
   assert record["num_train_steps"] == 35 and record["stopped_at_step"] == 31
   _assert_trained_as_the_fixed_count(config, budget_dir, tmp_path / "fixed", 35, 31)
 
@@ -203,13 +194,10 @@ def test_a_machine_faster_after_the_calibration_trains_to_the_budget_when_overpl
   the count fixed without overplan, 31, ends at 56 s, 4 s of the budget unused; planned 20% past
   it (35) the deadline first cuts the run to 31 and moves back to 35 as the pace shows the
   speed-up, and step 35 ends at 59.2 s."""
-  config = _budget_config(overplan)
   faster = [40.0 + 0.8 * (k - 11) for k in range(12, 40)]
-  state = trainer.train_and_evaluate(config, str(tmp_path), data=_data(),
-                                     clock=FakeClock(0.0, 30.0, 40.0, *faster))
-  assert int(state.step) == last
-  assert faster[last - 12] <= 60.0
-  assert "stopped_at_step" not in json.loads((tmp_path / time_budget.RECORD).read_text())
+  ended, record = _train_budgeted(_budget_config(overplan), tmp_path, *faster)
+  assert ended == last and faster[last - 12] <= 60.0
+  assert "stopped_at_step" not in record
 
 
 def test_the_deadline_logs_where_the_end_moves_not_each_step_of_it(tmp_path, caplog):
