@@ -122,17 +122,17 @@ class BudgetedSteps(FixedSteps):
     """Logs where the deadline puts the end: the first time it cuts the count, when it moves
     back to the count, and in between when it moves by 1% of the count (not at every log step,
     which a pace measured to the second moves by a step or two)."""
-    logged, self.logged_end = self.logged_end, last
+    logged = self.logged_end
     if last < total and (logged is None or logged == total
                          or abs(last - logged) >= max(1, total // 100)):
       logging.info("Time budget: at the pace so far, step %d is the last to end within "
                    "train_minutes=%g; the run ends there (the schedule stays the one of %d "
                    "steps).", last, self.budget.minutes, total)
+      self.logged_end = last
     elif last == total and logged is not None:
       logging.info("Time budget: at the pace so far the count's last step, %d, ends within "
                    "train_minutes=%g again.", total, self.budget.minutes)
-    else:
-      self.logged_end = logged
+      self.logged_end = last
 
   def _fix_total(self, step: int) -> None:
     """The count the budget holds at the end of `step`; process 0 records it in the workdir."""

@@ -82,10 +82,15 @@ def trains_on(config, num_devices: int) -> bool:
   return True
 
 
+def _is_number(value) -> bool:
+  """An int or a float (a bool is neither here)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _require_minutes(config, key: str, off: str) -> float:
   """config[key] (0 when unset), a number of minutes >= 0; ConfigError naming the key if not."""
   minutes = config.get(key, 0.0)
-  if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0:
+  if not _is_number(minutes) or minutes < 0:
     raise ConfigError(f"{key}={minutes!r} must be a number >= 0 ({off}).")
   return minutes
 
@@ -110,8 +115,7 @@ def validate_config(config, *, num_devices: int, process_count: int = 1,
         f"timed before it, so use warmup_steps >= {MIN_CALIBRATION_STEP}, or train_minutes=0 "
         "and num_train_steps.")
   overplan = config.get("budget_overplan", 0.0)
-  if isinstance(overplan, bool) or not isinstance(overplan, (int, float)) or not (
-      0.0 <= overplan <= MAX_OVERPLAN):
+  if not _is_number(overplan) or not 0.0 <= overplan <= MAX_OVERPLAN:
     raise ConfigError(
         f"budget_overplan={overplan!r} must be a fraction in [0, {MAX_OVERPLAN}]: how far past "
         "what train_minutes holds the time budget plans its schedule (the deadline cuts the "
