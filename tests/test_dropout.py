@@ -1,5 +1,12 @@
 """§5.4 dropout drawn from 16 random bits per element (transformer/dropout.py)."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -70,3 +77,43 @@ def test_the_config_field_names_its_choices_and_old_models_keep_32_bits():
     C.tiny(dropout_random_bits=8)
   assert C.TransformerConfig().dropout_random_bits == 16
   assert C.upgrade_record({"d_model": 64})["dropout_random_bits"] == 32
+
+
+SHARDED_DROPOUT = """
+    import json, jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from transformer.dropout import Dropout
+    mesh = jax.make_mesh((2,), ("data",))
+    rows = NamedSharding(mesh, P("data"))
+    x = jax.random.normal(jax.random.key(3), (8, 6, 10))   # 10: not a multiple of four
+    def drop(x, key):
+      return Dropout(0.3).apply({}, x, False, rngs={"dropout": key})
+    key = jax.random.key(5)
+    sharded = jax.jit(drop, in_shardings=(rows, None), out_shardings=rows)
+    hlo = sharded.lower(jax.device_put(x, rows), key).compile().as_text()
+    collectives = [op for op in ("all-gather", "collective-permute", "all-to-all", "all-reduce")
+                   if op + "(" in hlo or op + "-start(" in hlo]
+    same = bool(np.array_equal(sharded(jax.device_put(x, rows), key),
+                               jax.jit(drop)(jax.device_put(x, jax.devices()[0]), key)))
+    print(json.dumps({"collectives": collectives, "same": same}))
+"""
+
+
+def test_batch_sharded_masks_are_drawn_where_the_rows_lie_and_match_one_device():
+  """Under data parallelism each device hashes its own rows: no collective in the program (the
+  flat counts of `threefry_2x32` were split in halves, each device's moved to the other and the
+  result gathered back), and the masks are the ones a single device draws."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run([sys.executable, "-c", textwrap.dedent(SHARDED_DROPOUT)], env=env,
+                          cwd=pathlib.Path(__file__).parent.parent, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.splitlines()[-1]) == {"collectives": [], "same": True}
+
+
+def test_16_bit_masks_differ_between_rows_and_between_elements_of_one_hash():
+  kept = np.asarray(_apply(Dropout(0.5), jnp.ones((64, 4, 12)), jax.random.PRNGKey(3)) != 0)
+  assert len({row.tobytes() for row in kept.reshape(64, -1)}) == 64
+  # the four 16-bit quarters of one hash (four neighbours on the last axis) are not tied
+  quads = kept.reshape(-1, 4)
+  assert 0.05 < (quads == quads[:, :1]).all(axis=1).mean() < 0.2  # 1/8 if independent

@@ -9,6 +9,11 @@ hash (`jax.extend.random.threefry_2x32` returns both of a hash's 32-bit words), 
 when they fall below round((1 - P_drop) * 2^16): the keep probability is that threshold over
 2^16 (P_drop = 0.1 drops 0.100006 of the elements), and the kept ones are scaled by its inverse,
 so the expected output still equals the input. `random_bits=32` is `nn.Dropout` exactly.
+
+The hashes' counters follow the elements' rows (`random_uint16`), so a batch sharded over
+devices draws its masks where its rows lie, with no collective, and the same masks as one
+device would (the flat counts of `threefry_2x32` cost the Multi30k step 104 all-gathers and
+collective-permutes over two CPU devices; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.extend.random import threefry_2x32
+from jax.extend.random import threefry2x32_p
 
 Array = jax.Array
 
@@ -28,16 +33,41 @@ def keep_threshold(rate: float) -> int:
   return max(1, round((1.0 - rate) * 65536))
 
 
+def _linear_index(shape: tuple[int, ...]) -> Array:
+  """Each element's row-major position in `shape`, as uint32, built from one iota per axis so
+  that a sharded caller's share is computed where it lies (a flat iota reshaped would not be)."""
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+    stride *= shape[axis]
+  return index
+
+
 def random_uint16(key: Array, shape: tuple[int, ...]) -> Array | None:
   """Uniform 16-bit integers (as uint32) of `shape`, four per threefry hash; None when `key`
-  is not a threefry key (another PRNG implementation draws its own way)."""
+  is not a threefry key (another PRNG implementation draws its own way).
+
+  Hash h (counter h, 0) gives the elements 4h..4h+3 along the last axis, each row's positions
+  padded up to a multiple of four. The counters have the elements' shape but for the last axis,
+  and the hash is applied to them elementwise (`threefry2x32_p`, as `jax.random.bits` does when
+  `jax_threefry_partitionable` is on): with the batch axis sharded, each device hashes its own
+  rows and nothing crosses devices. (`threefry_2x32` itself flattens its counts and splits them
+  in two halves, which under data parallelism moved each device's half to the other and
+  gathered the result back.)"""
   data = jax.random.key_data(key)
   if data.shape != (2,) or data.dtype != jnp.uint32:
     return None
-  size = math.prod(shape)
-  words = threefry_2x32(data, jax.lax.iota(jnp.uint32, (size + 1) // 2))  # 2 words per hash
-  halves = jnp.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1)
-  return (halves if halves.size == size else halves[:size]).reshape(shape)
+  if not shape or math.prod(shape) == 0:
+    return jnp.zeros(shape, jnp.uint32) if shape else random_uint16(key, (1,)).reshape(())
+  *rows, last = shape
+  hashes = (last + 3) // 4
+  if math.prod(rows) * hashes >= 2 ** 32:
+    raise ValueError(f"dropout over {math.prod(shape):,} elements: more than 2^32 counters")
+  counters = _linear_index((*rows, hashes))
+  word_0, word_1 = threefry2x32_p.bind(data[0], data[1], counters, jnp.zeros_like(counters))
+  quarters = jnp.stack([word_0 & 0xFFFF, word_0 >> 16, word_1 & 0xFFFF, word_1 >> 16], axis=-1)
+  return quarters.reshape(*rows, 4 * hashes)[..., :last]
 
 
 class Dropout(nn.Module):
