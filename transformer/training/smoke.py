@@ -33,8 +33,9 @@ from transformer.training.validation import default_config
 
 def tiny_run_config(*, steps: int = 12, rows: int = 8, length: int = 12, vocab_size: int = 48,
                     checkpoint_every: int = 3, parallelism: str = "data",
-                    grad_accum_steps: int = 1):
-  """configs/default.py with a tiny model (d_model 32, one layer each side), logging every step."""
+                    grad_accum_steps: int = 1, adam_eps: float | None = None):
+  """configs/default.py with a tiny model (d_model 32, one layer each side), logging every step;
+  `adam_eps` replaces the default's 1e-9 when given."""
   config = default_config()
   config.model.update(d_model=32, d_ff=64, num_heads=2, num_encoder_layers=1,
                       num_decoder_layers=1, dropout_rate=0.1)
@@ -50,6 +51,8 @@ def tiny_run_config(*, steps: int = 12, rows: int = 8, length: int = 12, vocab_s
   config.learning_rate = 2.0
   config.parallelism = parallelism
   config.grad_accum_steps = grad_accum_steps
+  if adam_eps is not None:
+    config.adam_eps = adam_eps
   return config
 
 
@@ -63,6 +66,10 @@ def main(argv=None):
   parser.add_argument("--checkpoint_every", type=int, default=3)
   parser.add_argument("--grad_accum_steps", type=int, default=1)
   parser.add_argument("--parallelism", default="data")
+  parser.add_argument("--adam_eps", type=float, default=None,
+                      help="Adam's epsilon (default: the config's 1e-9); a larger one keeps "
+                           "gradients that are rounding noise from becoming full-size steps, so "
+                           "runs summing in different orders stay comparable")
   parser.add_argument("--num_cpu_devices", type=int, default=0)
   parser.add_argument("--batch_delay", type=float, default=0.0)
   parser.add_argument("--coordinator_address", default=None)
@@ -85,7 +92,7 @@ def main(argv=None):
   config = tiny_run_config(
       steps=args.steps, rows=args.rows, length=args.length, vocab_size=args.vocab_size,
       checkpoint_every=args.checkpoint_every, parallelism=args.parallelism,
-      grad_accum_steps=args.grad_accum_steps)
+      grad_accum_steps=args.grad_accum_steps, adam_eps=args.adam_eps)
   clock = time.monotonic
   if args.train_minutes:
     config.train_minutes, config.schedule, config.warmup_steps = args.train_minutes, "cosine", 11
