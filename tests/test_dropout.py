@@ -1,8 +1,10 @@
 """§5.4 dropout drawn from 16 random bits per element (transformer/dropout.py)."""
 
 import json
+import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -117,3 +119,24 @@ def test_16_bit_masks_differ_between_rows_and_between_elements_of_one_hash():
   # the four 16-bit quarters of one hash (four neighbours on the last axis) are not tied
   quads = kept.reshape(-1, 4)
   assert 0.05 < (quads == quads[:, :1]).all(axis=1).mean() < 0.2  # 1/8 if independent
+
+
+def test_the_backward_pass_keeps_a_byte_per_element_not_the_32_bit_draws():
+  """What the gradient reuses of the forward's dropout is its mask: no uint32 array with an
+  element per input is formed (comparing after interleaving the four 16-bit quarters let XLA keep
+  the stacked 32-bit draws for the backward instead: 4 bytes an element, read again there)."""
+  x = jnp.ones((8, 16, 64))
+  w = jnp.full((64, 64), 0.01)
+
+  def loss(x, w, key):
+    y = Dropout(0.1).apply({}, x @ w, False, rngs={"dropout": key})
+    return jnp.sum(jnp.tanh(y) @ w)
+
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w, jax.random.key(0)).compile().as_text()
+
+  def sizes(dtype):
+    return {math.prod(int(n) for n in dims.split(","))
+            for dims in re.findall(dtype + r"\[([\d,]+)\]", hlo)}
+  assert sizes("u32"), "no uint32 array at all: the hashes were not compiled as expected"
+  assert max(sizes("u32")) < x.size, sorted(sizes("u32"))
+  assert x.size in sizes("pred")  # the mask, a byte an element

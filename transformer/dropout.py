@@ -10,7 +10,7 @@ when they fall below round((1 - P_drop) * 2^16): the keep probability is that th
 2^16 (P_drop = 0.1 drops 0.100006 of the elements), and the kept ones are scaled by its inverse,
 so the expected output still equals the input. `random_bits=32` is `nn.Dropout` exactly.
 
-The hashes' counters follow the elements' rows (`random_uint16`), so a batch sharded over
+The hashes' counters follow the elements' rows (`keep_mask`), so a batch sharded over
 devices draws its masks where its rows lie, with no collective, and the same masks as one
 device would (the flat counts of `threefry_2x32` cost the Multi30k step 104 all-gathers and
 collective-permutes over two CPU devices; docs/performance.md).
@@ -44,9 +44,9 @@ def _linear_index(shape: tuple[int, ...]) -> Array:
   return index
 
 
-def random_uint16(key: Array, shape: tuple[int, ...]) -> Array | None:
-  """Uniform 16-bit integers (as uint32) of `shape`, four per threefry hash; None when `key`
-  is not a threefry key (another PRNG implementation draws its own way).
+def keep_mask(key: Array, shape: tuple[int, ...], threshold: int) -> Array | None:
+  """Which elements of `shape` a 16-bit draw keeps (draw < `threshold`), four draws per threefry
+  hash; None when `key` is not a threefry key (another PRNG implementation draws its own way).
 
   Hash h (counter h, 0) gives the elements 4h..4h+3 along the last axis, each row's positions
   padded up to a multiple of four. The counters have the elements' shape but for the last axis,
@@ -54,20 +54,23 @@ def random_uint16(key: Array, shape: tuple[int, ...]) -> Array | None:
   `jax_threefry_partitionable` is on): with the batch axis sharded, each device hashes its own
   rows and nothing crosses devices. (`threefry_2x32` itself flattens its counts and splits them
   in two halves, which under data parallelism moved each device's half to the other and
-  gathered the result back.)"""
+  gathered the result back.) Each quarter is compared before the four are interleaved, so what
+  the backward pass keeps of the forward's is a byte per element, not the 32-bit draws."""
   data = jax.random.key_data(key)
   if data.shape != (2,) or data.dtype != jnp.uint32:
     return None
   if not shape or math.prod(shape) == 0:
-    return jnp.zeros(shape, jnp.uint32) if shape else random_uint16(key, (1,)).reshape(())
+    return jnp.zeros(shape, bool) if shape else keep_mask(key, (1,), threshold).reshape(())
   *rows, last = shape
   hashes = (last + 3) // 4
   if math.prod(rows) * hashes >= 2 ** 32:
     raise ValueError(f"dropout over {math.prod(shape):,} elements: more than 2^32 counters")
   counters = _linear_index((*rows, hashes))
   word_0, word_1 = threefry2x32_p.bind(data[0], data[1], counters, jnp.zeros_like(counters))
-  quarters = jnp.stack([word_0 & 0xFFFF, word_0 >> 16, word_1 & 0xFFFF, word_1 >> 16], axis=-1)
-  return quarters.reshape(*rows, 4 * hashes)[..., :last]
+  limit = jnp.uint32(threshold)
+  keep = jnp.stack([(word_0 & 0xFFFF) < limit, (word_0 >> 16) < limit,
+                    (word_1 & 0xFFFF) < limit, (word_1 >> 16) < limit], axis=-1)
+  return keep.reshape(*rows, 4 * hashes)[..., :last]
 
 
 class Dropout(nn.Module):
@@ -85,12 +88,12 @@ class Dropout(nn.Module):
     if self.rate == 0.0 or deterministic:
       return inputs
     key = self.make_rng(self.rng_collection)
-    bits = random_uint16(key, inputs.shape) if self.random_bits == 16 else None
-    if bits is None:
+    threshold = keep_threshold(self.rate)
+    keep = keep_mask(key, inputs.shape, threshold) if self.random_bits == 16 else None
+    if keep is None:
       return nn.Dropout(self.rate, rng_collection=self.rng_collection)(
           inputs, deterministic=False, rng=key)
-    threshold = keep_threshold(self.rate)
     # scaled in float32, rounded once per element: a bfloat16 scale would itself be rounded
     # (1.11112 -> 1.109375 for P_drop = 0.1) and shrink every kept element by the same 0.16%
     scaled = (inputs * jnp.float32(65536.0 / threshold)).astype(inputs.dtype)
-    return jnp.where(bits < threshold, scaled, jnp.zeros_like(inputs))
+    return jnp.where(keep, scaled, jnp.zeros_like(inputs))
