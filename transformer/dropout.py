@@ -5,7 +5,7 @@ threefry hash per element, whose 64 output bits are folded into the 32 that make
 a CPU those hashes are most of what dropout costs (about 13.6 million elements a step for the
 small model of issue 14: 210 ms of random numbers with `jax.random.bernoulli`, 62 ms this
 way; docs/performance.md). With `random_bits=16` each element gets 16 bits instead, four per
-hash (`jax.extend.random.threefry_2x32` returns both of a hash's 32-bit words), and is kept
+hash (`threefry2x32_p` returns both of a hash's 32-bit words), and is kept
 when they fall below round((1 - P_drop) * 2^16): the keep probability is that threshold over
 2^16 (P_drop = 0.1 drops 0.100006 of the elements), and the kept ones are scaled by its inverse,
 so the expected output still equals the input. `random_bits=32` is `nn.Dropout` exactly.
