@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.random import threefry2x32_p
 
 from transformer import config as C
-from transformer.dropout import Dropout, keep_threshold
+from transformer.dropout import Dropout, keep_mask, keep_threshold, threefry2x32
 
 
 def _apply(module, x, key, deterministic=False):
@@ -140,3 +141,30 @@ def test_the_backward_pass_keeps_a_byte_per_element_not_the_32_bit_draws():
   assert sizes("u32"), "no uint32 array at all: the hashes were not compiled as expected"
   assert max(sizes("u32")) < x.size, sorted(sizes("u32"))
   assert x.size in sizes("pred")  # the mask, a byte an element
+
+
+def test_the_hash_is_threefry_2x32_word_for_word():
+  """`threefry2x32` against the published known-answer vectors of Threefry-2x32-20 (Random123's
+  kat_vectors) and against jax's own primitive on random keys and counts."""
+  u32 = np.uint32
+  for key, count, expected in [
+      ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+      ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+      ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]:
+    words = threefry2x32(*(jnp.asarray(u32(v)) for v in (*key, *count)))
+    assert tuple(int(w) for w in words) == expected
+  rng = np.random.default_rng(0)
+  key_0, key_1 = (jnp.asarray(rng.integers(0, 2 ** 32, dtype=u32)) for _ in range(2))
+  count_0, count_1 = (jnp.asarray(rng.integers(0, 2 ** 32, (3, 5, 7), dtype=u32)) for _ in range(2))
+  ours = jax.jit(threefry2x32)(key_0, key_1, count_0, count_1)
+  jaxs = threefry2x32_p.bind(key_0, key_1, count_0, count_1)
+  for a, b in zip(ours, jaxs, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_mask_compiles_to_one_pass_without_a_loop():
+  """jax lowers `threefry2x32_p` on CPU as a five-trip while loop; the mask's hash is written out
+  so that XLA fuses it with the comparisons (each training step ran 26 such loops before)."""
+  hlo = jax.jit(lambda key: keep_mask(key, (8, 16, 64), keep_threshold(0.1))).lower(
+      jax.random.key(0)).compile().as_text()
+  assert " while(" not in hlo
