@@ -11,8 +11,9 @@ PACKAGE_DIR = os.path.dirname(transformer.__file__)
 # Bottom to top. Every module of the package must match exactly one layer's patterns.
 LAYERS = (
     ("foundation", ["transformer", "transformer.config", "transformer.config_files",
-                    "transformer.precision", "transformer.cli", "transformer.compilation_cache",
-                    "transformer.cpu_devices", "transformer.cpu_memory",
+                    "transformer.precision", "transformer.rows", "transformer.cli",
+                    "transformer.compilation_cache", "transformer.cpu_devices",
+                    "transformer.cpu_memory",
                     "transformer.checkpoint_integrity", "transformer.files", "transformer.plotting",
                     "transformer.op_profile"]),
     ("model", ["transformer.dropout", "transformer.attention_kernels", "transformer.attention",

@@ -18,6 +18,7 @@ from transformer.attention_kernels import AttentionCall, AttentionMask
 from transformer.config import TransformerConfig
 from transformer.dropout import Dropout
 from transformer.precision import einsum_float32
+from transformer.rows import over_rows
 
 Array = jax.Array
 # Decoding-cache variables of encoder-decoder attention: computed once from the source.
@@ -99,10 +100,11 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, inputs_q: Array, inputs_kv: Array | None, mask: Array | None,
                cache_len: int | None = None, cache_beams: int = 1) -> Array:
     cfg = self.config
-    dense = functools.partial(
+    projection = functools.partial(
         nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim), dtype=cfg.jnp_dtype,
         param_dtype=cfg.jnp_param_dtype, use_bias=cfg.attention_bias,
         kernel_init=nn.initializers.xavier_uniform())
+    dense = lambda name: functools.partial(over_rows, projection(name=name))  # transformer/rows.py
     from_cache = False
     if cfg.decode and self.is_cross:
       query = dense(name="query")(inputs_q)  # [batch, q_len, heads, d_k]
@@ -137,10 +139,10 @@ class MultiHeadAttention(nn.Module):
         self._sow_weights(attention_weights(query, key, mask))
       out = scaled_dot_product_attention(query, key, value, mask,
                                          implementation=self._kernel(query, key, mask))
-    return nn.DenseGeneral(
+    return over_rows(nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
         use_bias=cfg.attention_bias, kernel_init=nn.initializers.xavier_uniform(),
-        name="out")(out)
+        name="out"), out, feature_dims=2)
 
   def _has_projections(self) -> bool:
     return all(self.has_variable("params", name) for name in ("query", "key", "value"))

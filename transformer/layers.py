@@ -14,6 +14,7 @@ import numpy as np
 from transformer.config import TransformerConfig
 from transformer.dropout import Dropout
 from transformer.precision import einsum_float32
+from transformer.rows import over_rows
 
 Array = jax.Array
 
@@ -46,8 +47,8 @@ class FeedForward(nn.Module):
     dense = lambda features, name: nn.Dense(
         features, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
         kernel_init=nn.initializers.xavier_uniform(), name=name)
-    x = ACTIVATION_FUNCTIONS[cfg.activation](dense(cfg.d_ff, "inner")(x))
-    return dense(cfg.d_model, "outer")(x)
+    inner, outer = dense(cfg.d_ff, "inner"), dense(cfg.d_model, "outer")
+    return over_rows(lambda rows: outer(ACTIVATION_FUNCTIONS[cfg.activation](inner(rows))), x)
 
 
 class Embedding(nn.Module):
@@ -76,7 +77,7 @@ class Embedding(nn.Module):
     """Logits x E^T, accumulated and returned in float32, so a bfloat16 model's softmax over
     the vocabulary sees float32 logits (transformer/precision.py)."""
     table = self.table.astype(self.config.jnp_dtype)
-    return einsum_float32("bld,vd->blv", x, table)
+    return over_rows(lambda rows: einsum_float32("nd,vd->nv", rows, table), x)
 
 
 class PositionalEncoding(nn.Module):
