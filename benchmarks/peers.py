@@ -5,12 +5,13 @@ r"""This project beside PyTorch and Hugging Face on one CPU: training steps and 
     python benchmarks/peers.py [--passes=2] [--workloads=train_small,train_base,greedy,beam4]
                                [--output=peers.json] [--profile_dir=DIR]
 
-Workloads (the shapes of issue 14):
+Workloads (the shapes of issue 14), each with issue 14's target ratio:
   train_small  d_model 256, 3+3 layers, d_ff 1024, 8 heads, vocabulary 8,000, shared embeddings,
-               dropout 0.1, a batch of 64 x (32 source + 32 target) tokens; tokens/s.
-  train_base   d_model 512, 6+6 layers, d_ff 2048, 8 heads, vocabulary 32,000, 16 x (64 + 64).
+               dropout 0.1, a batch of 64 x (32 source + 32 target) tokens; tokens/s; 1.25x.
+  train_base   d_model 512, 6+6 layers, d_ff 2048, 8 heads, vocabulary 32,000, 16 x (64 + 64);
+               1.15x.
   greedy/beam4 the small model, random weights, 64 random sources of 32 tokens, exactly 32 new
-               tokens each (EOS never chosen); sentences/s.
+               tokens each (EOS never chosen); sentences/s; 2x each.
 The peers: `torch.nn.Transformer` with a tied, scaled embedding, sinusoidal positions, label-
 smoothed cross-entropy and Adam (benchmarks/torch_peers.py), and Hugging Face `MarianMTModel`'s
 `generate` (the paper's architecture in transformers) with `min_new_tokens = max_new_tokens`.
@@ -19,10 +20,13 @@ Ours: the train step `train.py` runs (transformer/benchmark.py, one JAX device p
 (transformer/decoding_benchmark.py; EOS disabled). Both sides have attention biases and dropout
 0.1 on attention weights as well (torch.nn.Transformer's), label smoothing 0.1, no padding.
 
-Every measurement runs in a fresh process, ours and the peer's alternating, `--passes` times.
-Each prints the median seconds of its timed steps or calls, their spread (min-max) and the
-threads it used; the ratio is ours / peer in tokens/s or sentences/s, from medians of one pass,
-for each pass.
+Each pass starts both sides afresh, each in its own process (benchmarks/paired.py): ours compiles
+and warms up, then the peer, and then the two are timed call by call, alternately (ABBA...), so
+that each pair of calls shares the machine's state of that moment. A pass prints each side's
+median and spread (min-max) over its calls and the threads it used, and the ratio: ours over the
+peer in tokens/s or sentences/s, the median over the pairs of the peer's time over ours, with the
+pairs' spread and whether it reaches the target. The last lines give each workload's ratio in
+every pass.
 """
 
 from __future__ import annotations
@@ -30,35 +34,37 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)  # benchmarks/paired.py, also when this file is loaded by path
+from paired import Worker, paired_times, serve  # noqa: E402
 
 SMALL = dict(d_model=256, d_ff=1024, num_heads=8, num_encoder_layers=3, num_decoder_layers=3,
              vocab_size=8000, dropout=0.1, label_smoothing=0.1)
 BASE = dict(SMALL, d_model=512, d_ff=2048, num_encoder_layers=6, num_decoder_layers=6,
             vocab_size=32000)
 WORKLOADS = {
-    "train_small": dict(SMALL, kind="train", rows=64, length=32, warmup=2, steps=10),
-    "train_base": dict(BASE, kind="train", rows=16, length=64, warmup=1, steps=5),
+    "train_small": dict(SMALL, kind="train", rows=64, length=32, warmup=2, pairs=10,
+                        target=1.25),
+    "train_base": dict(BASE, kind="train", rows=16, length=64, warmup=1, pairs=5, target=1.15),
     "greedy": dict(SMALL, kind="decode", rows=64, length=32, new_tokens=32, beam_size=1,
-                   length_penalty=0.6, warmup=1, steps=5),
+                   length_penalty=0.6, warmup=1, pairs=7, target=2.0),
     "beam4": dict(SMALL, kind="decode", rows=64, length=32, new_tokens=32, beam_size=4,
-                  length_penalty=0.6, warmup=1, steps=3),
+                  length_penalty=0.6, warmup=1, pairs=5, target=2.0),
 }
 
-_PASSES = flags.DEFINE_integer("passes", 2, "Times each measurement runs, alternating sides.")
+_PASSES = flags.DEFINE_integer("passes", 2, "Times each workload is measured, afresh.")
 _WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOADS), "Which workloads to run.")
 _OUTPUT = flags.DEFINE_string("output", "", "Write every measurement here as JSON.")
-_WORKER = flags.DEFINE_string("worker", "", "Internal: measure one workload of ours ('ours').")
+_WORKER = flags.DEFINE_string("worker", "", "Internal: serve one workload of ours ('ours').")
 _SETTINGS = flags.DEFINE_string("settings", "", "Internal: the workload's settings as JSON.")
 _PROFILE_DIR = flags.DEFINE_string(
-    "profile_dir", "", "Also trace our side of each workload there (DIR/WORKLOAD/passN) and print "
-    "where its time goes, op by op (transformer/op_profile.py), after its line.")
+    "profile_dir", "", "Also trace our side of each workload there (DIR/WORKLOAD/passN), after "
+    "its timed calls, and print where its time goes, op by op (transformer/op_profile.py).")
 
 
 def run_config(s: dict):
@@ -78,61 +84,65 @@ def run_config(s: dict):
   return config
 
 
-def measure_ours(s: dict) -> dict:
-  """One workload of ours in this process: median seconds per step or per decoded batch."""
+def prepare_ours(s: dict):
+  """One workload of ours in this process: (call, info, profile). `call` runs one training step
+  or one decoding of the batch and returns when it is done; `profile(dir)` traces a few more
+  calls there and returns their op table as text (op events need `s["profile"]` set before the
+  backend starts)."""
   import jax
 
   from transformer import benchmark, cpu_devices, decoding_benchmark, op_profile
   from transformer.tasks import get_task
+  from transformer.training import sharding
   from transformer.training.validation import trains_on
-  profile_dir = s.get("profile_dir", "")
-  if profile_dir:
+  if s.get("profile"):
     op_profile.enable_cpu_op_events()  # before the backend starts
   config = run_config(s)
   if s["kind"] == "train":
     cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: trains_on(config, n),
                           d_model=config.model.d_model)
-    r = benchmark.run(config, steps=s["steps"], warmup=s["warmup"], per_step=True,
-                      profile_dir=profile_dir)
-    times, where, profile = r["step_times"], r["devices"], r["profile"]
+    step = benchmark.TrainStep(config)
+    raw, hlo_text = step, step.compiled.as_text
+    call = lambda: jax.block_until_ready((step(), step.state))
+    where = sharding.describe(step.mesh)
   else:
     cpu_devices.configure(config.get("cpu_devices", "auto"), lambda n: s["rows"] % n == 0,
                           collectives=False)
     model = get_task(config).model_config(config, config.vocab_size)
-    r = decoding_benchmark.benchmark(model, batch_size=s["rows"], source_length=s["length"],
-                                     output_length=s["new_tokens"], beam_sizes=(s["beam_size"],),
-                                     length_penalty=s["length_penalty"], repeats=s["steps"],
-                                     uncached=False, profile_dir=profile_dir)
-    row = next(iter(r["decoding"].values()))
-    times, where, profile = row["cached_times"], r["device"], row.get("profile")
-  result = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "threads": f"{len(jax.devices())} device(s): {where}",
-            "version": f"jax {jax.__version__}"}
-  if profile:
-    result["profile"] = op_profile.format_table(profile)
-  return result
+    batch = decoding_benchmark.RandomBatch.make(
+        model, batch_size=s["rows"], source_length=s["length"], output_length=s["new_tokens"])
+    raw = batch.search(beam_size=s["beam_size"], length_penalty=s["length_penalty"])
+    hlo_text = raw.func.as_text
+    call = lambda: jax.block_until_ready(raw())
+    where = batch.device
+
+  def profile(log_dir: str) -> str:
+    rows = op_profile.profile(raw, min(s["pairs"], 5), hlo_text(), log_dir)
+    return op_profile.format_table(rows)
+
+  info = {"threads": f"{len(jax.devices())} device(s): {where}",
+          "version": f"jax {jax.__version__}"}
+  return call, info, profile
 
 
-def _spawn(command: list[str]) -> dict:
-  env = dict(os.environ, PYTHONPATH=REPO)
-  done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-  lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-  if done.returncode or not lines:
-    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-    raise SystemExit(f"benchmarks/peers.py: {' '.join(command[:3])} failed: {tail[0]}")
-  return json.loads(lines[-1][len("RESULT "):])
+def _spawn(command: list[str]) -> Worker:
+  return Worker(command, env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO)
 
 
-def measure(side: str, name: str, profile_dir: str = "") -> dict:
-  s = WORKLOADS[name]
+def start(side: str, s: dict) -> Worker:
+  """A warm worker process of one side ("ours" or "peer") for the workload settings `s`."""
   if side == "ours":
-    if profile_dir:
-      s = dict(s, profile_dir=profile_dir)
-    command = [sys.executable, os.path.join(HERE, "peers.py"), "--worker=ours",
-               f"--settings={json.dumps(s)}"]
-  else:
-    command = [sys.executable, os.path.join(HERE, "torch_peers.py"), s["kind"], json.dumps(s)]
-  return _spawn(command)
+    return _spawn([sys.executable, os.path.join(HERE, "peers.py"), "--worker=ours",
+                   f"--settings={json.dumps(s)}"])
+  return _spawn([sys.executable, os.path.join(HERE, "torch_peers.py"), s["kind"], json.dumps(s)])
+
+
+def summarize(ours: list[float], peer: list[float]) -> dict:
+  """The ratio of one pass from its paired calls: ours over the peer in rate, that is the
+  peer's seconds over ours, pair by pair; its median and spread."""
+  ratios = [p / o for o, p in zip(ours, peer)]
+  return {"ratio": statistics.median(ratios), "ratio_min": min(ratios),
+          "ratio_max": max(ratios), "pair_ratios": ratios}
 
 
 def units(name: str) -> tuple[float, str]:
@@ -159,36 +169,51 @@ def _find(module: str):
 def main(argv):
   del argv
   if _WORKER.value:
-    print("RESULT " + json.dumps(measure_ours(json.loads(_SETTINGS.value))))
+    call, info, profile = prepare_ours(json.loads(_SETTINGS.value))
+    serve(call, warmup=json.loads(_SETTINGS.value)["warmup"], info=info,
+          commands={"profile": profile})
     return
   unknown = [w for w in _WORKLOADS.value if w not in WORKLOADS]
   if unknown:
     raise SystemExit(f"benchmarks/peers.py: --workloads={','.join(unknown)} is unknown; "
                      f"choose from {','.join(WORKLOADS)}.")
   check_peers_installed()
-  records = []
+  records, by_workload = [], {name: [] for name in _WORKLOADS.value}
   print(f"{'workload':<12}{'pass':>5}  {'side':<6}{'median':>10}{'min-max':>18}{'rate':>12}"
-        f"  {'ratio':>6}  threads")
+        f"  {'':<12}threads")
   for p in range(_PASSES.value):
     for name in _WORKLOADS.value:
+      s = WORKLOADS[name]
       work, unit = units(name)
-      sides = ("ours", "peer") if p % 2 == 0 else ("peer", "ours")
-      profile_dir = (os.path.join(_PROFILE_DIR.value, name, f"pass{p + 1}")
-                     if _PROFILE_DIR.value else "")
-      got = {side: measure(side, name, profile_dir) for side in sides}
-      ratio = got["peer"]["median_s"] / got["ours"]["median_s"]
+      with start("ours", dict(s, profile=bool(_PROFILE_DIR.value))) as ours, \
+           start("peer", s) as peer:
+        times = dict(zip(("ours", "peer"), paired_times(ours, peer, s["pairs"])))
+        info = {"ours": ours.info, "peer": peer.info}
+        profile = (ours.ask("profile", os.path.join(_PROFILE_DIR.value, name, f"pass{p + 1}"))
+                   if _PROFILE_DIR.value else None)
+      ratio = summarize(times["ours"], times["peer"])
+      by_workload[name].append(ratio["ratio"])
       for side in ("peer", "ours"):
-        r = got[side]
-        records.append(dict(workload=name, pass_=p + 1, side=side, unit=unit,
-                            rate=work / r["median_s"], **r))
-        print(f"{name:<12}{p + 1:>5}  {side:<6}{r['median_s'] * 1e3:>8.0f}ms"
-              f"{r['min_s'] * 1e3:>9.0f}-{r['max_s'] * 1e3:<7.0f}ms"
-              f"{work / r['median_s']:>10,.1f} {unit if side == 'ours' else '':<12}"
-              f"{f'{ratio:.2f}x' if side == 'ours' else '':>6}  {r['threads']} ({r['version']})",
-              flush=True)
-      if "profile" in got["ours"]:
+        t = times[side]
+        median = statistics.median(t)
+        records.append(dict(workload=name, pass_=p + 1, side=side, unit=unit, rate=work / median,
+                            median_s=median, min_s=min(t), max_s=max(t), times_s=t, **info[side]))
+        print(f"{name:<12}{p + 1:>5}  {side:<6}{median * 1e3:>8.0f}ms{min(t) * 1e3:>9.0f}-"
+              f"{max(t) * 1e3:<7.0f}ms{work / median:>10,.1f} {unit:<12}  {info[side]['threads']}"
+              f" ({info[side]['version']})", flush=True)
+      met = "reached" if ratio["ratio"] >= s["target"] else "not reached"
+      records.append(dict(workload=name, pass_=p + 1, side="ratio", target=s["target"], **ratio))
+      print(f"{name:<12}{p + 1:>5}  {'ratio':<6}{ratio['ratio']:>9.2f}x  (over {s['pairs']} pairs "
+            f"{ratio['ratio_min']:.2f}-{ratio['ratio_max']:.2f}x; target {s['target']:.2f}x "
+            f"{met})", flush=True)
+      if profile:
         print(f"ours, {name}, op by op (thread time per step or call, summed over devices):\n"
-              f"{got['ours']['profile']}", flush=True)
+              f"{profile}", flush=True)
+  print("\nratio by pass (ours over the peer, median of the paired calls):")
+  for name, ratios in by_workload.items():
+    target = WORKLOADS[name]["target"]
+    print(f"  {name:<12} {' / '.join(f'{r:.2f}x' for r in ratios):<30} target {target:.2f}x: "
+          f"reached in {sum(r >= target for r in ratios)} of {len(ratios)}")
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w", encoding="utf-8") as f:
       json.dump(records, f, indent=1)

@@ -1,5 +1,6 @@
 """The peers' side of benchmarks/peers.py: torch.nn.Transformer training and Hugging Face Marian
-`generate`, on the shapes the driver passes. Runs in its own process; prints one JSON line.
+`generate`, on the shapes the driver passes. Runs as a worker of benchmarks/paired.py: builds the
+workload, warms it up, then times one call (a training step, a `generate`) each time it is asked.
 
     python benchmarks/torch_peers.py train '{"d_model": 256, ...}'
     python benchmarks/torch_peers.py decode '{"d_model": 256, ..., "beam_size": 4}'
@@ -12,11 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import sys
-import time
 
 import torch
+from paired import serve
 from torch import nn
 
 
@@ -49,8 +49,8 @@ class TorchTransformer(nn.Module):
     return x @ self.embed.weight.T
 
 
-def train(s: dict) -> dict:
-  """Median seconds of a full training step (forward, label-smoothed loss, backward, Adam)."""
+def train(s: dict):
+  """A full training step (forward, label-smoothed loss, backward, Adam) as a callable."""
   torch.manual_seed(0)
   model = TorchTransformer(s).train()
   opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
@@ -68,11 +68,11 @@ def train(s: dict) -> dict:
     opt.step()
     opt.zero_grad(set_to_none=True)
 
-  return _times(step, s["warmup"], s["steps"])
+  return step
 
 
-def decode(s: dict) -> dict:
-  """Median seconds of `generate` over one batch of random sources, exactly `new_tokens` each."""
+def decode(s: dict):
+  """`generate` over one batch of random sources, exactly `new_tokens` each, as a callable."""
   from transformers import MarianConfig, MarianMTModel
   torch.manual_seed(0)
   config = MarianConfig(
@@ -94,25 +94,15 @@ def decode(s: dict) -> dict:
     with torch.inference_mode():
       out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
     assert out.shape == (s["rows"], s["new_tokens"] + 1), out.shape   # start token + new ones
-  return _times(run, s["warmup"], s["steps"])
-
-
-def _times(fn, warmup: int, steps: int) -> dict:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-          "threads": torch.get_num_threads(), "version": f"torch {torch.__version__}"}
+  return run
 
 
 if __name__ == "__main__":
   what, settings = sys.argv[1], json.loads(sys.argv[2])
-  result = {"train": train, "decode": decode}[what](settings)
+  call = {"train": train, "decode": decode}[what](settings)
+  version = f"torch {torch.__version__}"
   if what == "decode":
     import transformers
-    result["version"] += f", transformers {transformers.__version__}"
-  print("RESULT " + json.dumps(result))
+    version += f", transformers {transformers.__version__}"
+  serve(call, warmup=settings["warmup"],
+        info={"threads": f"{torch.get_num_threads()} threads", "version": version})

@@ -1,22 +1,29 @@
-"""benchmarks/peers.py: our side of each workload, and its one-line errors. The peers themselves
-(torch, transformers) are not installed by the test extra and are not run here."""
+"""benchmarks/peers.py and benchmarks/paired.py: our side of each workload as a worker process,
+the paired timing and its ratio, and their one-line errors. The peers themselves (torch,
+transformers) are not installed by the test extra and are not run here."""
 
 import importlib.util
-import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "peers.py")
-spec = importlib.util.spec_from_file_location("peers", PATH)
-peers = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(peers)
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+peers = load("peers")
+paired = load("paired")
 
 TINY = dict(d_model=16, d_ff=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
             vocab_size=50, dropout=0.1, label_smoothing=0.1, rows=4, length=8, warmup=1,
-            steps=3)
+            pairs=3, target=1.0)
 
 
 def test_the_run_config_has_the_workloads_shapes():
@@ -30,29 +37,51 @@ def test_the_run_config_has_the_workloads_shapes():
                                                      0.1, 0.1)
   assert peers.units("train_small") == (64 * 64, "tokens/s")
   assert peers.units("beam4") == (64, "sentences/s")
+  assert [peers.WORKLOADS[w]["target"] for w in peers.WORKLOADS] == [1.25, 1.15, 2.0, 2.0]
 
 
 @pytest.mark.parametrize("kind, extra", [
     ("train", {}), ("decode", dict(new_tokens=5, beam_size=2, length_penalty=0.6))])
-def test_our_side_measures_a_workload(kind, extra):
-  r = peers.measure_ours(dict(TINY, kind=kind, **extra))
-  assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
-  assert r["version"].startswith("jax ") and "device" in r["threads"]
-
-
-@pytest.mark.parametrize("kind, extra", [
-    ("train", {}), ("decode", dict(new_tokens=5, beam_size=2, length_penalty=0.6))])
-def test_our_side_profiles_a_workload_op_by_op(kind, extra, tmp_path):
-  # As `--profile_dir` runs it: a fresh worker process (XLA's CPU op events need a new backend).
-  settings = dict(TINY, kind=kind, profile_dir=str(tmp_path), **extra)
-  command = [sys.executable, PATH, "--worker=ours", f"--settings={json.dumps(settings)}"]
-  run = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(PATH))))
-  assert run.returncode == 0, run.stderr[-3000:]
-  result = json.loads(run.stdout.split("RESULT ", 1)[1])
-  table = result["profile"].splitlines()
+def test_our_side_serves_timed_calls_and_profiles_them(kind, extra, tmp_path):
+  # As the driver runs it: a worker process, warm, timing one call per request, then tracing
+  # a few more (XLA's CPU op events need the flag before its backend starts: `profile`).
+  with peers.start("ours", dict(TINY, kind=kind, profile=True, **extra)) as ours:
+    assert ours.info["version"].startswith("jax ") and "device" in ours.info["threads"]
+    times = [ours.time_call() for _ in range(2)]
+    table = ours.ask("profile", str(tmp_path)).splitlines()
+  assert all(0 < t < 60 for t in times)
   assert table[0].split()[:3] == ["ms/call", "share", "runs/call"] and len(table) > 2
   assert "ms/call in" in table[-1]
+
+
+class FakeWorker:
+  def __init__(self, name, seconds, log):
+    self.name, self.seconds, self.log = name, iter(seconds), log
+
+  def time_call(self):
+    self.log.append(self.name)
+    return next(self.seconds)
+
+
+def test_paired_calls_alternate_who_goes_first_and_give_the_ratio_pair_by_pair():
+  log = []
+  ours = FakeWorker("ours", [1.0, 2.0, 1.0, 4.0], log)
+  peer = FakeWorker("peer", [1.5, 2.0, 3.0, 6.0], log)
+  t_ours, t_peer = paired.paired_times(ours, peer, pairs=4, gap_s=0)
+  assert log == ["ours", "peer", "peer", "ours", "ours", "peer", "peer", "ours"]
+  assert (t_ours, t_peer) == ([1.0, 2.0, 1.0, 4.0], [1.5, 2.0, 3.0, 6.0])
+  r = peers.summarize(t_ours, t_peer)
+  assert r["pair_ratios"] == [1.5, 1.0, 3.0, 1.5]
+  # The median of the pairs' ratios (1.5), not the ratio of the sides' medians (4 / 1.5).
+  assert (r["ratio"], r["ratio_min"], r["ratio_max"]) == (1.5, 1.0, 3.0)
+
+
+def test_a_worker_that_ends_early_is_named_with_its_last_error_line(tmp_path):
+  script = tmp_path / "broken_worker.py"
+  script.write_text("import sys\nprint('loading', file=sys.stderr)\nsys.exit('no model here')\n")
+  with pytest.raises(SystemExit, match=r"^broken_worker.py ended \(exit 1\) before READY: "
+                                       r"no model here$"):
+    paired.Worker([sys.executable, str(script)])
 
 
 def test_missing_peers_are_named_in_one_line(monkeypatch):

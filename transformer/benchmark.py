@@ -53,6 +53,45 @@ def benchmark_rows(config, num_devices: int) -> int:
   return max(num_devices, rows // num_devices * num_devices)
 
 
+class TrainStep:
+  """The train step `train.py` runs, compiled for `config` on two synthetic full batches, with
+  its sharded state: each call runs one step on the next batch (the state is donated and
+  replaced) and returns its metrics without waiting for them."""
+
+  def __init__(self, config):
+    self.mesh = mesh = sharding.make_mesh()
+    num_devices = mesh.devices.size
+    validate_config(config, num_devices=num_devices, process_count=jax.process_count())
+    self.model_config = get_task(config).model_config(config, config.vocab_size)
+    tx = optimizer_from_config(config, self.model_config.d_model)
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    init_fn = functools.partial(init_state, self.model_config, tx)
+    self.abstract = jax.eval_shape(init_fn, init_key)
+    shardings = sharding.state_shardings(self.abstract, mesh, config.parallelism)
+    self.state = jax.jit(init_fn, out_shardings=shardings)(init_key)
+
+    self.rows, self.length = benchmark_rows(config, num_devices), config.max_length
+    it = synthetic.make_train_iterator(
+        rows=self.rows, length=self.length, vocab_size=self.model_config.vocab_size, full=True,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    self.batches = [sharding.global_batch(next(it), mesh) for _ in range(2)]
+    step_fn = jax.jit(
+        functools.partial(train_step, forward=models.batch_forward(self.model_config), tx=tx,
+                          label_smoothing=config.label_smoothing, dropout_key=dropout_key),
+        in_shardings=(shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+    t0 = time.perf_counter()
+    self.compiled = step_fn.lower(self.state, self.batches[0]).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.steps_run = 0
+
+  def __call__(self):
+    batch = self.batches[self.steps_run % 2]
+    self.state, metrics = self.compiled(self.state, batch)
+    self.steps_run += 1
+    return metrics
+
+
 def run(config, *, steps: int, warmup: int, per_step: bool = False,
         profile_dir: str = "") -> dict:
   """Compiles and times the train step; returns the figures.
@@ -62,56 +101,30 @@ def run(config, *, steps: int, warmup: int, per_step: bool = False,
   "step_s" is their mean. With `profile_dir`, min(steps, 5) more steps are traced there and
   "profile" is their op table (op_profile).
   """
-  mesh = sharding.make_mesh()
-  num_devices = mesh.devices.size
-  validate_config(config, num_devices=num_devices, process_count=jax.process_count())
-  model_config = get_task(config).model_config(config, config.vocab_size)
-  tx = optimizer_from_config(config, model_config.d_model)
-  init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  init_fn = functools.partial(init_state, model_config, tx)
-  abstract = jax.eval_shape(init_fn, init_key)
-  shardings = sharding.state_shardings(abstract, mesh, config.parallelism)
-  state = jax.jit(init_fn, out_shardings=shardings)(init_key)
-
-  rows, length = benchmark_rows(config, num_devices), config.max_length
-  it = synthetic.make_train_iterator(
-      rows=rows, length=length, vocab_size=model_config.vocab_size, full=True,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  batches = [sharding.global_batch(next(it), mesh) for _ in range(2)]
-  step_fn = jax.jit(
-      functools.partial(train_step, forward=models.batch_forward(model_config), tx=tx,
-                        label_smoothing=config.label_smoothing, dropout_key=dropout_key),
-      in_shardings=(shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - t0
-  for i in range(warmup):
-    state, metrics = compiled(state, batches[i % 2])
-  jax.block_until_ready((state, metrics) if warmup else state)
+  step = TrainStep(config)
+  for _ in range(warmup):
+    metrics = step()
+  jax.block_until_ready((step.state, metrics) if warmup else step.state)
   step_times = []
   if per_step:
-    for i in range(steps):
+    for _ in range(steps):
       t0 = time.perf_counter()
-      state, metrics = jax.block_until_ready(compiled(state, batches[i % 2]))
+      jax.block_until_ready((step(), step.state))
       step_times.append(time.perf_counter() - t0)
     step_s = sum(step_times) / steps
   else:
     t0 = time.perf_counter()
-    for i in range(steps):
-      state, metrics = compiled(state, batches[i % 2])
-    jax.block_until_ready((state, metrics))
+    for _ in range(steps):
+      metrics = step()
+    jax.block_until_ready((step.state, metrics))
     step_s = (time.perf_counter() - t0) / steps
   profile = None
   if profile_dir:
-    holder = [state]  # the state is donated: each step takes the last one's
+    profile = op_profile.profile(step, min(steps, 5), step.compiled.as_text(), profile_dir)
 
-    def one_step():
-      holder[0], step_metrics = compiled(holder[0], batches[0])
-      return step_metrics
-    profile = op_profile.profile(one_step, min(steps, 5), compiled.as_text(), profile_dir)
-
+  model_config, rows, length = step.model_config, step.rows, step.length
+  mesh, abstract, compile_s = step.mesh, step.abstract, step.compile_s
+  num_devices = mesh.devices.size
   if model_config.architecture == "decoder_only":  # a language model reads one sequence
     tokens_per_step, shape = rows * length, f"{rows} rows x {length} tokens"
   else:  # full batches: every source and target position

@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +111,50 @@ def _times(fn, repeats: int) -> list[float]:
   return times
 
 
+@dataclasses.dataclass
+class RandomBatch:
+  """Random parameters and `batch_size` random sources of `source_length` tokens (EOS last),
+  split over this process's devices as the Translator splits a batch (on a CPU host, one device
+  per core: cpu_devices) when it has several and the batch divides evenly."""
+  config: TransformerConfig
+  params: Any
+  inputs: Any
+  max_lengths: Any
+  mesh: Any
+  device: str
+  output_length: int
+
+  @classmethod
+  def make(cls, config: TransformerConfig, *, batch_size: int, source_length: int,
+           output_length: int, seed: int = 0) -> "RandomBatch":
+    if max(source_length, output_length) > config.max_length:
+      raise ValueError(f"source_length={source_length} and output_length={output_length} must "
+                       f"be <= the model's max_length={config.max_length}.")
+    config = config.replace(deterministic=True, decode=False)
+    params = init_params(config, jax.random.PRNGKey(seed))
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(4, config.vocab_size, (batch_size, source_length)).astype(np.int32)
+    inputs[:, -1] = EOS_ID
+    max_lengths = np.full((batch_size,), output_length, np.int32)
+    devices = jax.local_devices()
+    mesh = rows_mesh() if batch_size % len(devices) == 0 else None
+    params = local_params(params, mesh)
+    inputs, max_lengths = split_rows(mesh, inputs, max_lengths)
+    device = (f"{devices[0].platform} ({devices[0].device_kind}) "
+              f"x{mesh.size if mesh is not None else 1}")
+    return cls(config, params, inputs, max_lengths, mesh, device, output_length)
+
+  def search(self, *, beam_size: int, length_penalty: float) -> Callable[[], Any]:
+    """The cached search `translate` runs over this batch, EOS disabled, compiled ahead of the
+    first call, so that the program timed is the one a profile names (`search.func.as_text()`):
+    a callable running it once, returning (sequences, scores) without waiting for them."""
+    kwargs = dict(config=self.config, beam_size=beam_size, length_penalty=length_penalty,
+                  max_decode_len=self.output_length, eos_id=NO_EOS)
+    compiled = decode_batch.lower(self.params, self.inputs, self.max_lengths, **kwargs,
+                                  mesh=self.mesh).compile()
+    return functools.partial(compiled, self.params, self.inputs, self.max_lengths)
+
+
 def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length: int = 32,
               output_length: int = 64, beam_sizes=(1, 4), length_penalty: float = 0.6,
               repeats: int = 5, uncached: bool = True, seed: int = 0,
@@ -118,45 +162,29 @@ def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length:
   """Timings (seconds per batch) and rates; see the module docstring for what is measured.
   With `profile_dir`, each beam size's cached decoding is also traced there (`repeats` more
   calls, DIR/greedy, DIR/beam4) and its op table (op_profile) is in the row as "profile"."""
-  if max(source_length, output_length) > config.max_length:
-    raise ValueError(f"source_length={source_length} and output_length={output_length} must be "
-                     f"<= the model's max_length={config.max_length}.")
-  config = config.replace(deterministic=True, decode=False)
-  params = init_params(config, jax.random.PRNGKey(seed))
-  rng = np.random.default_rng(seed)
-  inputs = rng.integers(4, config.vocab_size, (batch_size, source_length)).astype(np.int32)
-  inputs[:, -1] = EOS_ID
-  max_lengths = np.full((batch_size,), output_length, np.int32)
-  # As the Translator runs it: the sentences split over this process's devices when it has
-  # several and the batch divides evenly (on a CPU host, one device per core: cpu_devices).
-  devices = jax.local_devices()
-  mesh = rows_mesh() if batch_size % len(devices) == 0 else None
-  params = local_params(params, mesh)
-  inputs, max_lengths = split_rows(mesh, inputs, max_lengths)
+  batch = RandomBatch.make(config, batch_size=batch_size, source_length=source_length,
+                           output_length=output_length, seed=seed)
+  config = batch.config
   results = {"config": dataclasses.asdict(config), "batch_size": batch_size,
              "source_length": source_length, "output_length": output_length,
-             "device": f"{devices[0].platform} ({devices[0].device_kind}) "
-                       f"x{mesh.size if mesh is not None else 1}",
-             "decoding": {}}
+             "device": batch.device, "decoding": {}}
   for beam in beam_sizes:
-    kwargs = dict(config=config, beam_size=beam, length_penalty=length_penalty,
-                  max_decode_len=output_length, eos_id=NO_EOS)
     row = {}
-    # Compiled once, ahead of the calls: the program timed is the one profiled (its text names
-    # the ops of the trace).
-    compiled = decode_batch.lower(params, inputs, max_lengths, **kwargs, mesh=mesh).compile()
+    search = batch.search(beam_size=beam, length_penalty=length_penalty)
     # The fastest call: on a shared machine the other processes only ever add time.
-    row["cached_times"] = _times(lambda: compiled(params, inputs, max_lengths), repeats)
+    row["cached_times"] = _times(search, repeats)
     if profile_dir:
       name = "greedy" if beam == 1 else f"beam{beam}"
-      row["profile"] = op_profile.profile(lambda: compiled(params, inputs, max_lengths), repeats,
-                                          compiled.as_text(), os.path.join(profile_dir, name))
+      row["profile"] = op_profile.profile(search, repeats, search.func.as_text(),
+                                          os.path.join(profile_dir, name))
     seconds = row["cached_seconds"] = min(row["cached_times"])
     row["sentences_per_sec"] = batch_size / seconds
     row["tokens_per_sec"] = batch_size * output_length / seconds
     if uncached:
-      u_seconds = min(_times(
-          lambda: decode_batch_uncached(params, inputs, max_lengths, **kwargs), min(repeats, 3)))
+      kwargs = dict(config=config, beam_size=beam, length_penalty=length_penalty,
+                    max_decode_len=output_length, eos_id=NO_EOS)
+      u_seconds = min(_times(lambda: decode_batch_uncached(
+          batch.params, batch.inputs, batch.max_lengths, **kwargs), min(repeats, 3)))
       row["uncached_seconds"] = u_seconds
       row["uncached_tokens_per_sec"] = batch_size * output_length / u_seconds
       row["speedup"] = u_seconds / seconds
