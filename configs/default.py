@@ -54,10 +54,18 @@ def get_config() -> ml_collections.ConfigDict:
   # 95.9% without (one run each; a rerun of the same setting varies by about a point).
 
   # --- Optimization (§5.3, §5.4) ---
-  config.schedule = "paper"         # "paper" (warmup then rsqrt) | "cosine" | "constant"
-  config.learning_rate = 1.0        # multiplies the paper's d_model^-0.5 schedule; peak for others
+  config.schedule = "cosine"        # "paper" (warmup then rsqrt) | "cosine" | "constant"
+  config.learning_rate = 0.004      # the peak for "cosine" and "constant"; a scale of the
+                                    # paper's d_model^-0.5 schedule for "paper"
   config.final_learning_rate_fraction = 0.0  # "cosine" decays to this fraction of the peak
-  config.warmup_steps = 400
+  config.warmup_steps = 100
+  # This run is too short for §5.3's schedule: with warmup 400 over 300 steps its rate rose to
+  # the last step, and the last parameters were the noisiest (test exact match 97.1% and 99.0%
+  # for seeds 0 and 1 on 2026-12-06; learning_rate 1.5 gave 94.0%). A cosine to 0 over the same
+  # 300 steps, peak 0.004 (about the paper's rate at step 400 for d_model 128), warmup 100:
+  # 99.8%, 99.2%, 99.7% for seeds 0, 1, 2; peak 0.006: 99.8%, 99.7%, 99.9%. 0.004 was kept on
+  # validation (nll 0.0649-0.0652 against 0.0662-0.0676; exact match 99.5%, 100%, 100% against
+  # 99.5%, 99.5%, 100%). The WMT recipes set the paper's schedule themselves.
   config.adam_b1 = 0.9
   config.adam_b2 = 0.98
   config.adam_eps = 1e-9
@@ -68,11 +76,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- The run ---
   config.seed = 0
-  config.num_train_steps = 300      # about 3 minutes on 2 CPU cores (99.5% exact match)
-  # Chosen on 2026-11-27 (one run each, test exact match): BPE 256 at 300 steps 99.5%, 250 steps
-  # 98.0% (98.4% without dropout); warmup 200 98.6%; warmup 200 with learning_rate 2 diverged
-  # (28%); the unigram 512 of before needed 400 steps for 98.0%. With warmup_steps=400 the rate
-  # rises through the whole run (§5.3's schedule cut before its peak).
+  config.num_train_steps = 300      # about 3 minutes on 2 CPU cores (99.2-99.8% exact match)
+  # Chosen on 2026-11-27 with the paper's schedule (one run each, test exact match): BPE 256 at
+  # 300 steps 99.5%, 250 steps 98.0% (98.4% without dropout); warmup 200 98.6%; warmup 200 with
+  # learning_rate 2 diverged (28%); the unigram 512 of before needed 400 steps for 98.0%.
   config.train_minutes = 0.0        # a wall-clock budget instead: when > 0 the trainer fixes
                                     # num_train_steps at the end of the warm-up to what the rest
                                     # of it holds at the pace measured (transformer/training/
