@@ -47,6 +47,7 @@ def tiny_run_config(*, steps: int = 12, rows: int = 8, length: int = 12, vocab_s
   config.eval_every_steps = 0
   config.checkpoint_every_steps = checkpoint_every
   config.keep_checkpoints = 100
+  config.schedule = "paper"  # §5.3's, scaled: these tests' rates, whatever the default's schedule
   config.warmup_steps = 4
   config.learning_rate = 2.0
   config.parallelism = parallelism
