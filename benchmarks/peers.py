@@ -169,9 +169,9 @@ def _find(module: str):
 def main(argv):
   del argv
   if _WORKER.value:
-    call, info, profile = prepare_ours(json.loads(_SETTINGS.value))
-    serve(call, warmup=json.loads(_SETTINGS.value)["warmup"], info=info,
-          commands={"profile": profile})
+    settings = json.loads(_SETTINGS.value)
+    call, info, profile = prepare_ours(settings)
+    serve(call, warmup=settings["warmup"], info=info, commands={"profile": profile})
     return
   unknown = [w for w in _WORKLOADS.value if w not in WORKLOADS]
   if unknown:

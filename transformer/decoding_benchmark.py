@@ -144,12 +144,17 @@ class RandomBatch:
               f"x{mesh.size if mesh is not None else 1}")
     return cls(config, params, inputs, max_lengths, mesh, device, output_length)
 
+  def search_args(self, *, beam_size: int, length_penalty: float) -> dict:
+    """The keyword arguments of a search of this batch (`decode_batch` and the uncached
+    `decode_batch_uncached` alike): the model, the beam, `output_length` tokens, EOS disabled."""
+    return dict(config=self.config, beam_size=beam_size, length_penalty=length_penalty,
+                max_decode_len=self.output_length, eos_id=NO_EOS)
+
   def search(self, *, beam_size: int, length_penalty: float) -> Callable[[], Any]:
     """The cached search `translate` runs over this batch, EOS disabled, compiled ahead of the
     first call, so that the program timed is the one a profile names (`search.func.as_text()`):
     a callable running it once, returning (sequences, scores) without waiting for them."""
-    kwargs = dict(config=self.config, beam_size=beam_size, length_penalty=length_penalty,
-                  max_decode_len=self.output_length, eos_id=NO_EOS)
+    kwargs = self.search_args(beam_size=beam_size, length_penalty=length_penalty)
     compiled = decode_batch.lower(self.params, self.inputs, self.max_lengths, **kwargs,
                                   mesh=self.mesh).compile()
     return functools.partial(compiled, self.params, self.inputs, self.max_lengths)
@@ -181,8 +186,7 @@ def benchmark(config: TransformerConfig, *, batch_size: int = 32, source_length:
     row["sentences_per_sec"] = batch_size / seconds
     row["tokens_per_sec"] = batch_size * output_length / seconds
     if uncached:
-      kwargs = dict(config=config, beam_size=beam, length_penalty=length_penalty,
-                    max_decode_len=output_length, eos_id=NO_EOS)
+      kwargs = batch.search_args(beam_size=beam, length_penalty=length_penalty)
       u_seconds = min(_times(lambda: decode_batch_uncached(
           batch.params, batch.inputs, batch.max_lengths, **kwargs), min(repeats, 3)))
       row["uncached_seconds"] = u_seconds
