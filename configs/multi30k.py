@@ -9,8 +9,8 @@ run trains for 60 minutes (`train_minutes`): the trainer times the 1,000 warm-up
 the cosine schedule's step count to what the rest of the hour holds (docs/training.md). On a
 2-core AMD EPYC (about 4,400-4,600 steps at 0.7-0.8 s) the average picked on validation scored
 39.87 and 40.11 sacreBLEU on test_2016_flickr (seeds 0 and 1); without attention dropout four
-runs gave 39.59-40.17. A 2-core Intel Xeon's hour held 2,989-3,979 steps (0.896-1.165 s): 39.16 to
-39.75 in six runs with seed 2 (docs/translation.md has the commands and the recipes tried).
+runs gave 39.59-40.17. A 2-core Intel Xeon's hour held 2,821-3,979 steps (0.896-1.194 s): 39.05 to
+39.75 in six runs, seeds 2 and 0 (docs/translation.md has every run and the recipes tried).
 `--config.train_minutes=0 --config.num_train_steps=N` trains N steps instead.
 """
 
